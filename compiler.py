@@ -1,0 +1,129 @@
+"""The driver: the whole compiler pipeline, top to bottom, in `compile`.
+
+    MODEL --frontend--> ir.Graph --to_relax--> Relax --optimize(target)--> fused Relax
+          --build--> executable --export--> model.so + model.json
+
+Each stage is timed and shown on a progress display; the result is checked against the
+reference (PyTorch, ONNX Runtime, or the IR run in PyTorch) when `check=True`.
+"""
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from rich.console import Console
+
+import slimgraph
+from slimgraph import ir
+from slimgraph.codegen.artifact import check_writable
+from slimgraph.codegen.build import build
+from slimgraph.codegen.targets import TargetSpec, resolve_target
+from slimgraph.lowering import kernel_names, optimize, to_relax
+from slimgraph.model_source import LoadedModel, load_model
+from slimgraph.runtime import CompiledModel
+
+
+@dataclass
+class CompileReport:
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    kernels: list[str] = field(default_factory=list)
+    max_abs_diff: float | None = None
+    reference: str = ""
+    latency: dict | None = None
+
+
+@contextmanager
+def _stage(report: CompileReport, console: Console | None, label: str):
+    start = time.perf_counter()
+    if console is None:
+        yield
+    else:
+        with console.status(f"[bold]{label}[/bold]..."):
+            yield
+    report.stage_seconds[label] = time.perf_counter() - start
+    if console is not None:
+        console.print(f"  [green]done[/green] {label:<28} {report.stage_seconds[label]:7.2f} s")
+
+
+def _versions() -> dict:
+    import onnx
+    import tvm
+
+    return {"slimgraph": slimgraph.__version__, "tvm": tvm.__version__, "torch": torch.__version__,
+            "onnx": onnx.__version__}
+
+
+def _metadata(graph: ir.Graph, spec: TargetSpec, source: str, kernels: list[str]) -> dict:
+    from slimgraph.ir.dtypes import numpy_dtype_name
+
+    def specs(items):
+        return [{"name": n, "shape": list(s), "dtype": numpy_dtype_name(d)} for n, s, d in items]
+
+    return {"model": graph.name, "source": source, "inputs": specs(graph.input_specs()),
+            "outputs": specs(graph.output_specs()),
+            "target": {"name": spec.name, "device": spec.device, "config": spec.config,
+                       "features": list(spec.features)},
+            "pipeline": "", "kernels": len(kernels), "versions": _versions()}
+
+
+def max_abs_diff(actual: Sequence[np.ndarray], expected: Sequence[np.ndarray]) -> float:
+    diffs = [float(np.max(np.abs(a.astype(np.float64) - e.astype(np.float64)))) if a.size else 0.0
+             for a, e in zip(actual, expected)]
+    return max(diffs, default=0.0)
+
+
+def compile(model: Any, example_inputs: Sequence[torch.Tensor] | None = None, *, target: str | dict = "x86",
+            output: str | os.PathLike | None = None, dump_dir: str | os.PathLike | None = None,
+            name: str | None = None, check: bool = True, bench_runs: int = 0,
+            verbose: bool = False) -> CompiledModel:
+    """Compile `model` for `target`; see docs/user-guide.md. Returns a callable CompiledModel.
+
+    `model`: nn.Module (with `example_inputs`), ir.Graph, .onnx / .ir path, `file.py:factory`,
+    or a built-in model name. `output`: write `output.so` + `output.json` (atomically).
+    `dump_dir`: write the imported IR and the Relax module before/after optimization there.
+    """
+    console = Console(stderr=True) if verbose else None
+    report = CompileReport()
+    spec = resolve_target(target)
+    if output is not None:
+        check_writable(output)
+    with _stage(report, console, "import"):
+        loaded: LoadedModel = load_model(model, example_inputs, name)
+        graph = loaded.graph
+    with _stage(report, console, "lower to Relax"):
+        mod = to_relax(graph)
+    tvm_target = spec.tvm_target()
+    with _stage(report, console, f"optimize for {spec.name}"):
+        optimized = optimize(mod, tvm_target)
+        report.kernels = kernel_names(optimized)
+    if dump_dir is not None:
+        _dump(Path(dump_dir), graph, mod, optimized)
+    with _stage(report, console, "build"):
+        executable = build(optimized, spec)
+    compiled = CompiledModel(executable, _metadata(graph, spec, loaded.source, report.kernels), executable)
+    compiled.graph, compiled.report = graph, report
+    if output is not None:
+        with _stage(report, console, "export"):
+            compiled.export(output)
+    if check and spec.device == "cpu":
+        with _stage(report, console, f"check against {loaded.reference_name}"):
+            expected = loaded.reference(loaded.example_inputs)
+            actual = compiled(*[t.numpy() for t in loaded.example_inputs])
+            report.max_abs_diff, report.reference = max_abs_diff(actual, expected), loaded.reference_name
+    if bench_runs and spec.device == "cpu":
+        with _stage(report, console, "benchmark"):
+            report.latency = compiled.benchmark([t.numpy() for t in loaded.example_inputs], repeat=bench_runs)
+    return compiled
+
+
+def _dump(folder: Path, graph: ir.Graph, imported, optimized) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    ir.save(graph, folder / "000-import.ir")
+    (folder / "relax-imported.py").write_text(imported.script(show_meta=False))
+    (folder / "relax-optimized.py").write_text(optimized.script(show_meta=False))

@@ -1,0 +1,29 @@
+"""The per-target Relax pipeline: legalize ops into TIR, fold constants, fuse into kernels.
+
+    decompose-for-inference -> LegalizeOps -> AnnotateTIROpPattern -> FoldConstant -> FuseOps -> FuseTIR
+
+`codegen.build` then runs TVM's VM lowering ("default" build pipeline) on the result, so the
+fusion decided here is the one that ships. Schedules and tuning arrive with the kernels issue.
+"""
+from __future__ import annotations
+
+
+def optimize(mod, target):
+    """Run the fusion pipeline for `target` (a tvm.target.Target) and return the new IRModule."""
+    import tvm
+    from tvm import relax
+
+    passes = tvm.transform.Sequential([
+        relax.transform.DecomposeOpsForInference(),
+        relax.transform.CanonicalizeBindings(),
+        relax.get_pipeline("zero"),
+    ])
+    with target, tvm.transform.PassContext(opt_level=3):
+        return passes(mod)
+
+
+def kernel_names(mod) -> list[str]:
+    """Names of the TIR kernels (PrimFuncs) in a lowered module."""
+    import tvm
+
+    return sorted(gv.name_hint for gv, func in mod.functions_items() if isinstance(func, tvm.tirx.PrimFunc))

@@ -1,0 +1,57 @@
+"""ir.Graph -> TVM Relax IRModule, through torch.export and TVM's own torch importer.
+
+The graph is exported again (`Graph.module()` runs in PyTorch, so it exports), then
+`tvm.relax.frontend.torch.from_exported_program` converts it with decomposition on (TVM 0.27
+mis-reads `aten.batch_norm.default` without it; see docs/architecture.md). Negative indices are
+normalised first: TVM lowers `select(x, 0, -1)` into an unchecked out-of-bounds read.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+
+from slimgraph.ir import Graph
+from slimgraph.ir.errors import SlimgraphError
+
+aten = torch.ops.aten
+
+
+class LoweringError(SlimgraphError):
+    """The graph cannot be turned into Relax (an op TVM has no converter for, ...)."""
+
+
+def normalize_negative_indices(graph: Graph) -> Graph:
+    """select(x, d, -i) -> select(x, d, n-i); slice bounds and dims made non-negative. Exact."""
+    graph = graph.copy()
+    for node in graph.fx_graph.nodes:
+        if node.op != "call_function" or node.target not in (aten.select.int, aten.slice.Tensor):
+            continue
+        shape = node.args[0].meta["val"].shape
+        args = list(node.args)
+        rank = len(shape)
+        if len(args) > 1 and isinstance(args[1], int) and args[1] < 0:
+            args[1] += rank
+        size = int(shape[args[1]]) if len(args) > 1 else int(shape[0])
+        index_positions = (2,) if node.target is aten.select.int else (2, 3)
+        for position in index_positions:
+            if position < len(args) and isinstance(args[position], int) and args[position] < 0:
+                args[position] = max(args[position] + size, 0)
+        node.args = tuple(args)
+    return graph
+
+
+def to_relax(graph: Graph):
+    """Convert the graph to a Relax IRModule whose `main` takes the graph's inputs in order."""
+    from tvm.relax.frontend.torch import from_exported_program
+
+    graph = normalize_negative_indices(graph)
+    example = tuple(torch.zeros(shape, dtype=dtype) for _, shape, dtype in graph.input_specs())
+    program = torch.export.export(graph.module(), example)
+    try:
+        return from_exported_program(program, keep_params_as_input=False)
+    except AssertionError as exc:
+        match = re.search(r"Unsupported function types \[(.*)\]", str(exc))
+        if match:
+            raise LoweringError(f"graph '{graph.name}': TVM's importer has no converter for: {match.group(1)}") from exc
+        raise

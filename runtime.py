@@ -1,0 +1,126 @@
+"""The runtime: `slimgraph.load(path)` returns a callable compiled model.
+
+Inputs are checked against the metadata (count, shape, dtype) before anything runs; outputs
+come back as numpy arrays, or as torch tensors when the inputs were torch tensors.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from slimgraph.codegen.artifact import artifact_paths, read_metadata, write_artifact
+from slimgraph.ir.errors import SlimgraphError
+
+# TVM halves hardware_concurrency() on x86 ("skip hyper-threads"): 1 thread on a 2-vCPU VM.
+os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
+
+
+class InputError(SlimgraphError):
+    """Inputs given to a compiled model do not match its metadata."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    @classmethod
+    def from_json(cls, item: dict) -> "TensorSpec":
+        return cls(item["name"], tuple(item["shape"]), item["dtype"])
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    def __str__(self) -> str:
+        return f"{self.dtype}[{','.join(map(str, self.shape))}]"
+
+
+class CompiledModel:
+    """A built model: call it, benchmark it, export it. Built by `slimgraph.compile` or `load`."""
+
+    def __init__(self, module, metadata: dict, executable=None):
+        from tvm.runtime.vm import VirtualMachine
+        import tvm
+
+        self.metadata = metadata
+        self.inputs = [TensorSpec.from_json(i) for i in metadata["inputs"]]
+        self.outputs = [TensorSpec.from_json(o) for o in metadata["outputs"]]
+        self._device = tvm.cuda(0) if metadata["target"].get("device") == "cuda" else tvm.cpu(0)
+        self._executable = executable
+        self._vm = VirtualMachine(module, self._device)
+
+    def check_inputs(self, inputs: Sequence[Any]) -> list[np.ndarray]:
+        if len(inputs) != len(self.inputs):
+            names = ", ".join(f"{s.name}: {s}" for s in self.inputs)
+            raise InputError(f"model '{self.metadata['model']}' takes {len(self.inputs)} input(s) ({names}), got {len(inputs)}")
+        arrays = []
+        for position, (spec, value) in enumerate(zip(self.inputs, inputs), start=1):
+            array = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+            got = f"{array.dtype}[{','.join(map(str, array.shape))}]"
+            if tuple(array.shape) != spec.shape or str(array.dtype) != spec.dtype:
+                raise InputError(f"input '{spec.name}' (#{position}) of model '{self.metadata['model']}': "
+                                 f"expected {spec}, got {got}")
+            arrays.append(np.ascontiguousarray(array))
+        return arrays
+
+    def _tvm_inputs(self, inputs: Sequence[Any]) -> list:
+        import tvm
+
+        return [tvm.runtime.tensor(a, self._device) for a in self.check_inputs(inputs)]
+
+    def __call__(self, *inputs):
+        result = self._vm["main"](*self._tvm_inputs(inputs))
+        values = list(result) if not hasattr(result, "numpy") else [result]
+        arrays = [v.numpy() for v in values]
+        if inputs and all(hasattr(i, "detach") for i in inputs):
+            import torch
+
+            return tuple(torch.from_numpy(a) for a in arrays)
+        return tuple(arrays)
+
+    def random_inputs(self, seed: int = 0) -> list[np.ndarray]:
+        rng = np.random.default_rng(seed)
+        arrays = []
+        for spec in self.inputs:
+            if spec.dtype.startswith("float"):
+                arrays.append(rng.standard_normal(spec.shape).astype(spec.dtype))
+            else:
+                arrays.append(rng.integers(0, 10, spec.shape).astype(spec.dtype))
+        return arrays
+
+    def benchmark(self, inputs: Sequence[Any] | None = None, repeat: int = 10, warmup: int = 1) -> dict:
+        """Latency of `main` in milliseconds (median, mean, min over `repeat` timed runs)."""
+        args = self._tvm_inputs(inputs if inputs is not None else self.random_inputs())
+        self._vm.set_input("main", *args)
+        for _ in range(warmup):
+            self._vm.invoke_stateful("main")
+        timer = self._vm.time_evaluator("invoke_stateful", self._device, number=1, repeat=repeat, min_repeat_ms=0)
+        runs_ms = [t * 1e3 for t in timer("main").results]
+        return {"median_ms": statistics.median(runs_ms), "mean_ms": statistics.fmean(runs_ms),
+                "min_ms": min(runs_ms), "runs": len(runs_ms)}
+
+    def export(self, output: str | os.PathLike) -> tuple[Path, Path]:
+        """Write the library and its metadata JSON (atomically) to `output`."""
+        if self._executable is None:
+            raise SlimgraphError("this model was loaded from disk; copy its .so and .json files instead")
+        metadata = {k: v for k, v in self.metadata.items() if k not in ("format", "library")}
+        return write_artifact(self._executable, metadata, output)
+
+    def __repr__(self) -> str:
+        ins = ", ".join(f"{s.name}: {s}" for s in self.inputs)
+        return f"<CompiledModel '{self.metadata['model']}' ({ins}) for {self.metadata['target']['name']}>"
+
+
+def load(path: str | os.PathLike) -> CompiledModel:
+    """Load a library written by `slimgraph compile` (its metadata JSON must sit beside it)."""
+    import tvm
+
+    library, _ = artifact_paths(path)
+    metadata = read_metadata(library)
+    return CompiledModel(tvm.runtime.load_module(str(library)), metadata)
