@@ -1,0 +1,176 @@
+"""The `slimgraph` command line: compile, dump, run, models.
+
+Every failure is one line on stderr (`slimgraph: error: ...`) and a non-zero exit code;
+`--traceback` shows the Python traceback as well.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from slimgraph.ir.errors import SlimgraphError
+
+stdout = Console()
+stderr = Console(stderr=True)
+
+
+def _compile(args) -> int:
+    import slimgraph
+    from slimgraph.codegen.artifact import artifact_paths
+    from slimgraph.models import DEFAULT_MODEL
+
+    model = args.model or DEFAULT_MODEL
+    output = args.output
+    if output is None:
+        stem = Path(str(model)).stem.split(":")[-1]
+        Path("out").mkdir(exist_ok=True)
+        output = Path("out") / f"{stem}-{args.target if args.target.isidentifier() else 'custom'}.so"
+    compiled = slimgraph.compile(model, target=args.target, output=output, dump_dir=args.dump_dir,
+                                 check=not args.no_check, bench_runs=args.runs, verbose=not args.quiet)
+    library, meta = artifact_paths(output)
+    report = compiled.report
+    table = Table(title=f"slimgraph compile: {compiled.metadata['model']}", show_header=False)
+    table.add_row("target", f"{compiled.metadata['target']['name']} {compiled.metadata['target']['config']}")
+    table.add_row("library", f"{library} ({library.stat().st_size / 1024:.0f} KiB), metadata {meta.name}")
+    table.add_row("kernels", str(len(report.kernels)))
+    table.add_row("compile time", f"{sum(report.stage_seconds.values()):.1f} s")
+    if report.max_abs_diff is not None:
+        table.add_row(f"max |diff| vs {report.reference}", f"{report.max_abs_diff:.3g}")
+    if report.latency:
+        table.add_row("latency (median)", f"{report.latency['median_ms']:.3f} ms over {report.latency['runs']} runs")
+    stdout.print(table)
+    return 0
+
+
+def _dump(args) -> int:
+    from slimgraph import ir
+    from slimgraph.ir.stats import graph_stats
+    from slimgraph.model_source import load_model
+
+    graph = load_model(args.model).graph
+    if args.output:
+        ir.save(graph, args.output)
+        stderr.print(f"wrote {args.output} and its parameters {Path(args.output).with_suffix('.safetensors').name}")
+    else:
+        sys.stdout.write(ir.print_graph(graph))
+    stats = graph_stats(graph)
+    table = Table(title=f"{graph.name}: {stats.summary()}")
+    table.add_column("op")
+    table.add_column("count", justify="right")
+    for op, count in stats.ops.most_common():
+        table.add_row(op, str(count))
+    stdout.print(table)
+    if args.stats:
+        heavy = Table(title="MACs by node (top 15)")
+        heavy.add_column("node")
+        heavy.add_column("M MACs", justify="right")
+        for node, macs in sorted(stats.macs_by_node.items(), key=lambda item: -item[1])[:15]:
+            heavy.add_row(f"%{node}", f"{macs / 1e6:,.1f}")
+        stdout.print(heavy)
+    return 0
+
+
+def _read_npz(path: str, model) -> list[np.ndarray]:
+    from slimgraph.runtime import InputError
+
+    if not Path(path).is_file():
+        raise InputError(f"inputs file '{path}' does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise InputError(f"inputs file '{path}' is not a readable .npz: {exc}") from exc
+    names = [spec.name for spec in model.inputs]
+    if all(n in arrays for n in names):
+        return [arrays[n] for n in names]
+    missing = ", ".join(n for n in names if n not in arrays)
+    raise InputError(f"inputs file '{path}' lacks input(s) {missing} (it has: {', '.join(arrays) or 'nothing'})")
+
+
+def _run(args) -> int:
+    import slimgraph
+
+    model = slimgraph.load(args.library)
+    inputs = _read_npz(args.inputs, model) if args.inputs else model.random_inputs()
+    outputs = model(*inputs)
+    table = Table(title=f"{model.metadata['model']} on {model.metadata['target']['name']}")
+    for column in ("output", "type", "min", "max", "mean"):
+        table.add_column(column)
+    for spec, value in zip(model.outputs, outputs):
+        table.add_row(spec.name, str(spec), f"{value.min():.4g}", f"{value.max():.4g}", f"{value.mean():.4g}")
+    stdout.print(table)
+    latency = model.benchmark(inputs, repeat=args.runs)
+    stdout.print(f"latency: median {latency['median_ms']:.3f} ms, min {latency['min_ms']:.3f} ms "
+                 f"over {latency['runs']} runs")
+    if args.save:
+        np.savez(args.save, **{spec.name: value for spec, value in zip(model.outputs, outputs)})
+    return 0
+
+
+def _models(args) -> int:
+    from slimgraph.models import DEFAULT_MODEL, REFERENCE_MODELS
+
+    table = Table(title="built-in reference models")
+    table.add_column("name")
+    table.add_column("description")
+    for name, model in sorted(REFERENCE_MODELS.items()):
+        table.add_row(name + (" (default)" if name == DEFAULT_MODEL else ""), model.description)
+    stdout.print(table)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slimgraph", description="Compile deep-learning models with slimgraph.")
+    parser.add_argument("--traceback", action="store_true", help="show Python tracebacks on errors")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    compile_ = commands.add_parser("compile", help="compile a model into a shared library + metadata JSON")
+    compile_.add_argument("model", nargs="?", help="built-in name, model.onnx, dump.ir or file.py:factory "
+                                                   "(default: the built-in default model)")
+    compile_.add_argument("--target", default="x86", help="preset (x86) or TVM target JSON / .json file")
+    compile_.add_argument("-o", "--output", help="library path (default: out/MODEL-TARGET.so)")
+    compile_.add_argument("--dump-dir", help="write the imported IR and Relax before/after optimization here")
+    compile_.add_argument("--runs", type=int, default=10, help="timed runs for the latency figure (0: skip)")
+    compile_.add_argument("--no-check", action="store_true", help="skip the comparison against the reference")
+    compile_.add_argument("--quiet", action="store_true", help="no progress output")
+    compile_.set_defaults(handler=_compile)
+
+    dump = commands.add_parser("dump", help="print a model's IR text and statistics")
+    dump.add_argument("model", help="built-in name, model.onnx, dump.ir or file.py:factory")
+    dump.add_argument("-o", "--output", help="save the IR (.ir + .safetensors) instead of printing it")
+    dump.add_argument("--stats", action="store_true", help="also list the heaviest nodes by MACs")
+    dump.set_defaults(handler=_dump)
+
+    run = commands.add_parser("run", help="run a compiled library on random or given inputs")
+    run.add_argument("library", help="a .so written by slimgraph compile")
+    run.add_argument("--inputs", help=".npz with one array per input name")
+    run.add_argument("--runs", type=int, default=10, help="timed runs")
+    run.add_argument("--save", help="write the outputs to this .npz")
+    run.set_defaults(handler=_run)
+
+    models = commands.add_parser("models", help="list the built-in reference models")
+    models.set_defaults(handler=_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except SlimgraphError as exc:
+        if args.traceback:
+            raise
+        stderr.print(f"slimgraph: error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        return 1
+    except KeyboardInterrupt:
+        stderr.print("slimgraph: interrupted", markup=False)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
