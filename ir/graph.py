@@ -65,7 +65,7 @@ class Graph:
         return output_values(self.output_node.args[0])
 
     def input_specs(self) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
-        return [(n.name, tuple(n.meta["val"].shape), n.meta["val"].dtype) for n in self.inputs]
+        return [(n.target, tuple(n.meta["val"].shape), n.meta["val"].dtype) for n in self.inputs]
 
     def output_specs(self) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
         return [(n.name, tuple(n.meta["val"].shape), n.meta["val"].dtype) for n in self.outputs]

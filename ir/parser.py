@@ -157,8 +157,10 @@ def _parse_node(tokens, parser, fx_graph, nodes, params, where) -> None:
     _, op_text = tokens.take()
     tokens.take("(")
     if op_text == "input":
-        tokens.take(")")
-        node = fx_graph.create_node("placeholder", node_name, name=node_name)
+        target = node_name if tokens.accept(")") else json.loads(tokens.take()[1])
+        if target != node_name:
+            tokens.take(")")
+        node = fx_graph.create_node("placeholder", target, name=node_name)
     elif op_text == "param":
         target = json.loads(tokens.take()[1])
         tokens.take(")")

@@ -71,8 +71,8 @@ def format_value(value) -> str:
 def format_node(node: fx.Node) -> str:
     if node.op == "output":
         return f"return {format_value(node.args[0])}"
-    if node.op == "placeholder":
-        call = "input()"
+    if node.op == "placeholder":  # the target is the user-facing name; fx may rename the node
+        call = "input()" if node.target == node.name else f"input({json.dumps(node.target)})"
     elif node.op == "get_attr":
         call = f"param({json.dumps(node.target)})"
     else:

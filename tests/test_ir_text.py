@@ -79,3 +79,13 @@ def test_parse_errors_name_the_line(text, message):
 def test_load_of_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(ParseError, match="no such IR file"):
         ir.load(tmp_path / "nope.ir")
+
+
+def test_input_keeps_its_user_name_when_fx_renames_the_node():
+    module = torch.nn.Sequential(torch.nn.Linear(4, 2))  # forward(self, input): `input` shadows a builtin
+    graph = ir.from_torch(module, (torch.randn(1, 4),), "seq")
+    assert graph.input_specs()[0][0] == "input"
+    text = ir.print_graph(graph)
+    assert '%input_1 = input("input") : f32[1,4]' in text
+    parsed = ir.parse(text, graph.params)
+    assert graph_difference(graph, parsed) is None and parsed.input_specs() == graph.input_specs()
