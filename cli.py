@@ -59,7 +59,8 @@ def _dump(args) -> int:
     else:
         sys.stdout.write(ir.print_graph(graph))
     stats = graph_stats(graph)
-    table = Table(title=f"{graph.name}: {stats.summary()}")
+    stdout.print(f"[bold]{graph.name}[/bold]: {stats.summary()}")
+    table = Table()
     table.add_column("op")
     table.add_column("count", justify="right")
     for op, count in stats.ops.most_common():

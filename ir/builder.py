@@ -23,6 +23,7 @@ class GraphBuilder:
         self._param_nodes: dict[str, fx.Node] = {}
 
     def input(self, name: str, shape, dtype: torch.dtype) -> fx.Node:
+        # fx turns placeholder targets into Python argument names: ONNX's "input.1" becomes input_1.
         node = self.fx_graph.create_node("placeholder", sanitize_name(name), name=sanitize_name(name))
         node.meta["val"] = torch.empty(tuple(shape), dtype=dtype, device="meta")
         return node
@@ -44,7 +45,8 @@ class GraphBuilder:
         return None
 
     def call(self, op, *args, source: str = "", **kwargs) -> fx.Node:
-        node = self.fx_graph.call_function(op, tuple(args), kwargs)
+        base = op._schema.name.split("::")[1] if isinstance(op, torch._ops.OpOverload) else op.__name__
+        node = self.fx_graph.create_node("call_function", op, tuple(args), kwargs, name=base)
         meta_args = fx.node.map_arg(node.args, lambda n: n.meta["val"])
         meta_kwargs = fx.node.map_arg(node.kwargs, lambda n: n.meta["val"])
         try:
