@@ -134,3 +134,27 @@ def test_console_script_exit_code(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("slimgraph: error:")
+
+
+def test_corrupt_and_unsupported_onnx_files(tmp_path, capsys):
+    import onnx
+    from onnx import TensorProto, helper
+
+    truncated = tmp_path / "truncated.onnx"
+    node = helper.make_node("Relu", ["x"], ["y"], name="relu0")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    good = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    truncated.write_bytes(good[: len(good) // 2])
+    code, _, err = run_cli(capsys, "compile", str(truncated), "-o", str(tmp_path / "t.so"))
+    assert_one_line_error(code, err, str(truncated))
+
+    topk = [helper.make_node("TopK", ["x", "k"], [f"v{i}", f"i{i}"], name=f"topk{i}") for i in range(2)]
+    graph = helper.make_graph(topk, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("v0", TensorProto.FLOAT, [1, 2])],
+                              initializer=[helper.make_tensor("k", TensorProto.INT64, [1], [2])])
+    unsupported = tmp_path / "topk.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), unsupported)
+    code, _, err = run_cli(capsys, "compile", str(unsupported), "-o", str(tmp_path / "u.so"))
+    assert_one_line_error(code, err, "unsupported ONNX ops: TopK (x2)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["topk.onnx", "truncated.onnx"]
