@@ -78,17 +78,19 @@ class Graph:
 
     # ----- execution -------------------------------------------------------------------
     def module(self) -> fx.GraphModule:
-        """A runnable GraphModule whose buffers are the parameters under their stable names."""
-        root = torch.nn.Module()
-        for qualified_name, tensor in self.params.items():
-            owner = root
-            *path, leaf = qualified_name.split(".")
-            for part in path:
-                if not hasattr(owner, part):
-                    owner.add_module(part, torch.nn.Module())
-                owner = getattr(owner, part)
-            owner.register_buffer(leaf, tensor)
-        return fx.GraphModule(root, self.fx_graph, class_name=_class_name(self.name))
+        """A runnable GraphModule (on a copy of the graph) with the parameters as flat buffers.
+
+        Stable names may nest ("fc.weight" and "fc.weight.t"), so buffers get flat names."""
+        fx_graph = fx.Graph()
+        fx_graph.output(fx_graph.graph_copy(self.fx_graph, {}))
+        root, flat_names = torch.nn.Module(), {}
+        for node in fx_graph.nodes:
+            if node.op == "get_attr":
+                if node.target not in flat_names:
+                    flat_names[node.target] = f"p{len(flat_names)}_{sanitize_name(node.target)}"
+                    root.register_buffer(flat_names[node.target], self.params[node.target])
+                node.target = flat_names[node.target]
+        return fx.GraphModule(root, fx_graph, class_name=_class_name(self.name))
 
     def run(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Reference semantics: run the graph in PyTorch; always returns a tuple."""

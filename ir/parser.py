@@ -221,12 +221,21 @@ def save(graph: Graph, path: str | os.PathLike) -> Path:
 
 
 def load(path: str | os.PathLike) -> Graph:
-    """Read an IR text file and its `.safetensors` parameters (no pickle involved)."""
+    """Read an IR text file and its parameters (no pickle involved): the files a leading
+    `# params: a.safetensors b.safetensors` line names (later files win), else `path.safetensors`."""
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
         raise ParseError(f"{path}: no such IR file")
-    weights = params_path(path)
-    params = load_file(str(weights)) if weights.is_file() else {}
-    return parse(path.read_text(), params, source=str(path))
+    text = path.read_text()
+    first = text.split("\n", 1)[0]
+    files = [path.parent / f for f in first[len("# params:"):].split()] if first.startswith("# params:") \
+        else [params_path(path)]
+    params: dict[str, torch.Tensor] = {}
+    for weights in files:
+        if weights.is_file():
+            params.update(load_file(str(weights)))
+        elif first.startswith("# params:"):
+            raise ParseError(f"{path}: parameter file '{weights.name}' named in its header is missing")
+    return parse(text, params, source=str(path))
