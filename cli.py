@@ -1,4 +1,4 @@
-"""The `slimgraph` command line: compile, dump, run, models.
+"""The `slimgraph` command line: compile, dump, run, passes, models.
 
 Every failure is one line on stderr (`slimgraph: error: ...`) and a non-zero exit code;
 `--traceback` shows the Python traceback as well.
@@ -30,13 +30,16 @@ def _compile(args) -> int:
         stem = Path(str(model)).stem.split(":")[-1]
         Path("out").mkdir(exist_ok=True)
         output = Path("out") / f"{stem}-{args.target if args.target.isidentifier() else 'custom'}.so"
-    compiled = slimgraph.compile(model, target=args.target, output=output, dump_dir=args.dump_dir,
-                                 check=not args.no_check, bench_runs=args.runs, verbose=not args.quiet)
+    compiled = slimgraph.compile(model, target=args.target, pipeline=args.pipeline, output=output,
+                                 dump_dir=args.dump_dir, instruments=_instrument_options(args),
+                                 plugins=args.plugin, check=not args.no_check, bench_runs=args.runs,
+                                 verbose=not args.quiet)
     library, meta = artifact_paths(output)
     report = compiled.report
     table = Table(title=f"slimgraph compile: {compiled.metadata['model']}", show_header=False)
     table.add_row("target", f"{compiled.metadata['target']['name']} {compiled.metadata['target']['config']}")
     table.add_row("library", f"{library} ({library.stat().st_size / 1024:.0f} KiB), metadata {meta.name}")
+    table.add_row("pipeline", compiled.metadata["pipeline"] or "none")
     table.add_row("kernels", str(len(report.kernels)))
     table.add_row("compile time", f"{sum(report.stage_seconds.values()):.1f} s")
     if report.max_abs_diff is not None:
@@ -47,12 +50,34 @@ def _compile(args) -> int:
     return 0
 
 
+def _instrument_options(args):
+    from slimgraph.rewrites import InstrumentOptions
+
+    return InstrumentOptions(print_ir_after_all=args.print_ir_after_all,
+                             print_ir_after_change=args.print_ir_after_change,
+                             print_ir_before=list(args.print_ir_before), verify_each=args.verify_each,
+                             check_numerics=args.check_numerics, timing=args.timing,
+                             trace_rule=list(args.trace_rule))
+
+
 def _dump(args) -> int:
     from slimgraph import ir
     from slimgraph.ir.stats import graph_stats
     from slimgraph.model_source import load_model
+    from slimgraph.rewrites import PassManager, load_plugin, parse_pipeline, trace_rules
 
-    graph = load_model(args.model).graph
+    for plugin in args.plugin:
+        load_plugin(plugin)
+    pipeline = parse_pipeline(args.pipeline)
+    options = _instrument_options(args).merged_with_env()
+    if args.dump_dir:
+        options.dump_dir = args.dump_dir
+    loaded = load_model(args.model)
+    graph = loaded.graph
+    if len(pipeline) or options.dump_dir:
+        with trace_rules(set(options.trace_rule)):
+            graph = PassManager(pipeline, options.build(inputs=loaded.example_inputs),
+                                repro_dir=options.dump_dir).run(graph).graph
     if args.output:
         ir.save(graph, args.output)
         stderr.print(f"wrote {args.output} and its parameters {Path(args.output).with_suffix('.safetensors').name}")
@@ -113,6 +138,29 @@ def _run(args) -> int:
     return 0
 
 
+def _passes(args) -> int:
+    import dataclasses
+    import typing
+
+    from slimgraph.rewrites import NAMED_PIPELINES, PASS_REGISTRY, load_plugin
+
+    for plugin in args.plugin:
+        load_plugin(plugin)
+    table = Table(title="passes (use in --pipeline, e.g. fold-bn,fuse{parallel=false})")
+    table.add_column("pass", no_wrap=True)
+    table.add_column("options (type = default)")
+    table.add_column("what it does")
+    for name, cls in sorted(PASS_REGISTRY.items()):
+        hints = typing.get_type_hints(cls)
+        options = ", ".join(f"{f.name}: {getattr(hints[f.name], '__name__', hints[f.name])} = {f.default!r}"
+                            for f in dataclasses.fields(cls) if f.init)
+        table.add_row(name, options or "-", cls.summary)
+    stdout.print(table)
+    for name, text in NAMED_PIPELINES.items():
+        stdout.print(f"pipeline [bold]{name}[/bold] = {text or '(no passes)'}")
+    return 0
+
+
 def _models(args) -> int:
     from slimgraph.models import DEFAULT_MODEL, REFERENCE_MODELS
 
@@ -125,6 +173,24 @@ def _models(args) -> int:
     return 0
 
 
+def _add_pass_options(parser: argparse.ArgumentParser, default_pipeline: str) -> None:
+    group = parser.add_argument_group("rewrite passes (also: SLIMGRAPH_PASS_DEBUG=print-ir-after-change,...)")
+    group.add_argument("--pipeline", default=default_pipeline,
+                       help=f"passes to run, e.g. 'fold-bn,fuse{{parallel=false}}' (default: {default_pipeline})")
+    group.add_argument("--plugin", action="append", default=[], help="a .py file that registers passes (repeatable)")
+    group.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass")
+    group.add_argument("--print-ir-after-change", action="store_true",
+                       help="print a diff of the IR after each pass that changed it")
+    group.add_argument("--print-ir-before", action="append", default=[], metavar="PASS",
+                       help="print the IR before PASS (repeatable)")
+    group.add_argument("--verify-each", action="store_true", help="run the verifier after every pass")
+    group.add_argument("--check-numerics", action="store_true",
+                       help="compare outputs after every pass with those before it")
+    group.add_argument("--timing", action="store_true", help="print a table of time and statistics per pass")
+    group.add_argument("--trace-rule", action="append", default=[], metavar="RULE",
+                       help="print why RULE did or did not fire at each candidate ('*' for all)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slimgraph", description="Compile deep-learning models with slimgraph.")
     parser.add_argument("--traceback", action="store_true", help="show Python tracebacks on errors")
@@ -134,8 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("model", nargs="?", help="built-in name, model.onnx, dump.ir or file.py:factory "
                                                    "(default: the built-in default model)")
     compile_.add_argument("--target", default="x86", help="preset (x86) or TVM target JSON / .json file")
+    _add_pass_options(compile_, default_pipeline="default")
     compile_.add_argument("-o", "--output", help="library path (default: out/MODEL-TARGET.so)")
-    compile_.add_argument("--dump-dir", help="write the imported IR and Relax before/after optimization here")
+    compile_.add_argument("--dump-dir", help="write one IR file per pass and the Relax module before/after "
+                                             "optimization here")
     compile_.add_argument("--runs", type=int, default=10, help="timed runs for the latency figure (0: skip)")
     compile_.add_argument("--no-check", action="store_true", help="skip the comparison against the reference")
     compile_.add_argument("--quiet", action="store_true", help="no progress output")
@@ -145,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     dump.add_argument("model", help="built-in name, model.onnx, dump.ir or file.py:factory")
     dump.add_argument("-o", "--output", help="save the IR (.ir + .safetensors) instead of printing it")
     dump.add_argument("--stats", action="store_true", help="also list the heaviest nodes by MACs")
+    dump.add_argument("--dump-dir", help="write one IR file per pass here")
+    _add_pass_options(dump, default_pipeline="none")
     dump.set_defaults(handler=_dump)
 
     run = commands.add_parser("run", help="run a compiled library on random or given inputs")
@@ -153,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--runs", type=int, default=10, help="timed runs")
     run.add_argument("--save", help="write the outputs to this .npz")
     run.set_defaults(handler=_run)
+
+    passes = commands.add_parser("passes", help="list the rewrite passes, their options and named pipelines")
+    passes.add_argument("--plugin", action="append", default=[], help="a .py file that registers passes")
+    passes.set_defaults(handler=_passes)
 
     models = commands.add_parser("models", help="list the built-in reference models")
     models.set_defaults(handler=_models)

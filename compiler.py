@@ -1,7 +1,7 @@
 """The driver: the whole compiler pipeline, top to bottom, in `compile`.
 
-    MODEL --frontend--> ir.Graph --to_relax--> Relax --optimize(target)--> fused Relax
-          --build--> executable --export--> model.so + model.json
+    MODEL --frontend--> ir.Graph --passes (PassManager)--> ir.Graph --to_relax--> Relax
+          --optimize(target)--> fused Relax --build--> executable --export--> model.so + model.json
 
 Each stage is timed and shown on a progress display; the result is checked against the
 reference (PyTorch, ONNX Runtime, or the IR run in PyTorch) when `check=True`.
@@ -26,6 +26,8 @@ from slimgraph.codegen.build import build
 from slimgraph.codegen.targets import TargetSpec, resolve_target
 from slimgraph.lowering import kernel_names, optimize, to_relax
 from slimgraph.model_source import LoadedModel, load_model
+from slimgraph.rewrites import InstrumentOptions, PassManager, load_plugin, parse_pipeline, trace_rules
+from slimgraph.rewrites.manager import PassRecord
 from slimgraph.runtime import CompiledModel
 
 
@@ -36,6 +38,7 @@ class CompileReport:
     max_abs_diff: float | None = None
     reference: str = ""
     latency: dict | None = None
+    passes: list[PassRecord] = field(default_factory=list)
 
 
 @contextmanager
@@ -59,7 +62,7 @@ def _versions() -> dict:
             "onnx": onnx.__version__}
 
 
-def _metadata(graph: ir.Graph, spec: TargetSpec, source: str, kernels: list[str]) -> dict:
+def _metadata(graph: ir.Graph, spec: TargetSpec, source: str, kernels: list[str], pipeline: str) -> dict:
     from slimgraph.ir.dtypes import numpy_dtype_name
 
     def specs(items):
@@ -69,7 +72,7 @@ def _metadata(graph: ir.Graph, spec: TargetSpec, source: str, kernels: list[str]
             "outputs": specs(graph.output_specs()),
             "target": {"name": spec.name, "device": spec.device, "config": spec.config,
                        "features": list(spec.features)},
-            "pipeline": "", "kernels": len(kernels), "versions": _versions()}
+            "pipeline": pipeline, "kernels": len(kernels), "versions": _versions()}
 
 
 def max_abs_diff(actual: Sequence[np.ndarray], expected: Sequence[np.ndarray]) -> float:
@@ -79,34 +82,49 @@ def max_abs_diff(actual: Sequence[np.ndarray], expected: Sequence[np.ndarray]) -
 
 
 def compile(model: Any, example_inputs: Sequence[torch.Tensor] | None = None, *, target: str | dict = "x86",
-            output: str | os.PathLike | None = None, dump_dir: str | os.PathLike | None = None,
-            name: str | None = None, check: bool = True, bench_runs: int = 0,
-            verbose: bool = False) -> CompiledModel:
+            pipeline: str = "default", output: str | os.PathLike | None = None,
+            dump_dir: str | os.PathLike | None = None, instruments: InstrumentOptions | None = None,
+            plugins: Sequence[str | os.PathLike] = (), name: str | None = None, check: bool = True,
+            bench_runs: int = 0, verbose: bool = False) -> CompiledModel:
     """Compile `model` for `target`; see docs/user-guide.md. Returns a callable CompiledModel.
 
     `model`: nn.Module (with `example_inputs`), ir.Graph, .onnx / .ir path, `file.py:factory`,
-    or a built-in model name. `output`: write `output.so` + `output.json` (atomically).
-    `dump_dir`: write the imported IR and the Relax module before/after optimization there.
+    or a built-in model name. `pipeline`: rewrite passes (`slimgraph passes` lists them; "none"
+    for no passes). `output`: write `output.so` + `output.json` (atomically). `dump_dir`: one IR
+    file per pass plus the Relax module before/after optimization. `instruments`: what the pass
+    manager prints, checks and times (also SLIMGRAPH_PASS_DEBUG). `plugins`: files registering passes.
     """
     console = Console(stderr=True) if verbose else None
     report = CompileReport()
+    for plugin in plugins:  # before the pipeline parses: plugins add passes to it
+        load_plugin(plugin)
+    passes = parse_pipeline(pipeline)
+    options = (instruments or InstrumentOptions()).merged_with_env()
+    if dump_dir is not None and options.dump_dir is None:
+        options.dump_dir = str(dump_dir)
     spec = resolve_target(target)
     if output is not None:
         check_writable(output)
     with _stage(report, console, "import"):
         loaded: LoadedModel = load_model(model, example_inputs, name)
         graph = loaded.graph
+    if len(passes) or options.dump_dir:
+        with _stage(report, console, f"passes: {passes or 'none'}"), trace_rules(set(options.trace_rule)):
+            manager = PassManager(passes, options.build(inputs=loaded.example_inputs), repro_dir=options.dump_dir)
+            result = manager.run(graph)
+            graph, report.passes = result.graph, result.records
     with _stage(report, console, "lower to Relax"):
         mod = to_relax(graph)
     tvm_target = spec.tvm_target()
     with _stage(report, console, f"optimize for {spec.name}"):
         optimized = optimize(mod, tvm_target)
         report.kernels = kernel_names(optimized)
-    if dump_dir is not None:
-        _dump(Path(dump_dir), graph, mod, optimized)
+    if options.dump_dir is not None:
+        _dump(Path(options.dump_dir), mod, optimized)
     with _stage(report, console, "build"):
         executable = build(optimized, spec)
-    compiled = CompiledModel(executable, _metadata(graph, spec, loaded.source, report.kernels), executable)
+    metadata = _metadata(graph, spec, loaded.source, report.kernels, str(passes))
+    compiled = CompiledModel(executable, metadata, executable)
     compiled.graph, compiled.report = graph, report
     if output is not None:
         with _stage(report, console, "export"):
@@ -122,8 +140,7 @@ def compile(model: Any, example_inputs: Sequence[torch.Tensor] | None = None, *,
     return compiled
 
 
-def _dump(folder: Path, graph: ir.Graph, imported, optimized) -> None:
+def _dump(folder: Path, imported, optimized) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    ir.save(graph, folder / "000-import.ir")
     (folder / "relax-imported.py").write_text(imported.script(show_meta=False))
     (folder / "relax-optimized.py").write_text(optimized.script(show_meta=False))

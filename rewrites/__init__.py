@@ -5,9 +5,11 @@ from .base import PASS_REGISTRY, Pass, PassError, PassResult, register_pass
 from .instruments import InstrumentOptions
 from .manager import Instrument, PassManager, PipelineResult
 from .patterns import Any, Const, Lit, Match, Op
+from .plugins import load_plugin
+from .rule_pass import register_rule_pass
 from .pipeline import NAMED_PIPELINES, Pipeline, format_pass, parse_pipeline
 from .rules import Rule, RuleSet, apply_rules, trace_rules
 
 __all__ = ["Pass", "PassResult", "PassError", "register_pass", "PASS_REGISTRY", "Pipeline", "parse_pipeline",
            "format_pass", "NAMED_PIPELINES", "PassManager", "PipelineResult", "Instrument", "InstrumentOptions",
-           "Op", "Any", "Const", "Lit", "Match", "Rule", "RuleSet", "apply_rules", "trace_rules"]
+           "load_plugin", "register_rule_pass", "Op", "Any", "Const", "Lit", "Match", "Rule", "RuleSet", "apply_rules", "trace_rules"]
