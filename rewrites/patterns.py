@@ -127,7 +127,7 @@ class Op(Pattern):
         if value.target not in self.targets:
             return Miss.make(f"expected {self._names()}, got %{value.name} ({_kind(value)})", structural=True)
         if self.single_use and m.depth > 0 and len(value.users) > 1:  # the root may have many users
-            users = ", ".join(f"%{u.name}" for u in value.users)
+            users = ", ".join("the graph output" if u.op == "output" else f"%{u.name}" for u in value.users)
             return f"%{value.name} has {len(value.users)} users ({users}); folding would duplicate it"
         arguments = _positional_arguments(value)
         m.depth += 1
