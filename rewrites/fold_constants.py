@@ -62,9 +62,9 @@ class FoldConstants(Pass):
                     index = user.args[1]
                     user.replace_all_uses_with(self._constant(graph, user, f"{stem}.{index}", result[index]))
                 folded += 1
-        before = len(fx_graph.nodes)
+        calls_before = sum(1 for n in fx_graph.nodes if n.op == "call_function")
         fx_graph.eliminate_dead_code()
-        removed = before - len(fx_graph.nodes)
+        removed = calls_before - sum(1 for n in fx_graph.nodes if n.op == "call_function")
         params_before = len(graph.params)
         graph.remove_unused_params()
         modified = folded > 0 or removed > 0 or params_before != len(graph.params)
