@@ -24,7 +24,7 @@ from slimgraph import ir
 from slimgraph.codegen.artifact import check_writable
 from slimgraph.codegen.build import build
 from slimgraph.codegen.targets import TargetSpec, resolve_target
-from slimgraph.lowering import kernel_names, optimize, to_relax
+from slimgraph.lowering import kernel_launches, kernel_names, optimize, to_relax
 from slimgraph.model_source import LoadedModel, load_model
 from slimgraph.rewrites import InstrumentOptions, PassManager, load_plugin, parse_pipeline, trace_rules
 from slimgraph.rewrites.manager import PassRecord
@@ -34,7 +34,8 @@ from slimgraph.runtime import CompiledModel
 @dataclass
 class CompileReport:
     stage_seconds: dict[str, float] = field(default_factory=dict)
-    kernels: list[str] = field(default_factory=list)
+    kernels: list[str] = field(default_factory=list)  # distinct kernels (TIR PrimFuncs)
+    kernel_launches: int = 0  # kernel calls per inference
     max_abs_diff: float | None = None
     reference: str = ""
     latency: dict | None = None
@@ -62,7 +63,8 @@ def _versions() -> dict:
             "onnx": onnx.__version__}
 
 
-def _metadata(graph: ir.Graph, spec: TargetSpec, source: str, kernels: list[str], pipeline: str) -> dict:
+def _metadata(graph: ir.Graph, spec: TargetSpec, source: str, kernels: list[str], launches: int,
+              pipeline: str) -> dict:
     from slimgraph.ir.dtypes import numpy_dtype_name
 
     def specs(items):
@@ -72,7 +74,7 @@ def _metadata(graph: ir.Graph, spec: TargetSpec, source: str, kernels: list[str]
             "outputs": specs(graph.output_specs()),
             "target": {"name": spec.name, "device": spec.device, "config": spec.config,
                        "features": list(spec.features)},
-            "pipeline": pipeline, "kernels": len(kernels), "versions": _versions()}
+            "pipeline": pipeline, "kernels": len(kernels), "kernel_launches": launches, "versions": _versions()}
 
 
 def max_abs_diff(actual: Sequence[np.ndarray], expected: Sequence[np.ndarray]) -> float:
@@ -118,12 +120,12 @@ def compile(model: Any, example_inputs: Sequence[torch.Tensor] | None = None, *,
     tvm_target = spec.tvm_target()
     with _stage(report, console, f"optimize for {spec.name}"):
         optimized = optimize(mod, tvm_target)
-        report.kernels = kernel_names(optimized)
+        report.kernels, report.kernel_launches = kernel_names(optimized), kernel_launches(optimized)
     if options.dump_dir is not None:
         _dump(Path(options.dump_dir), mod, optimized)
     with _stage(report, console, "build"):
         executable = build(optimized, spec)
-    metadata = _metadata(graph, spec, loaded.source, report.kernels, str(passes))
+    metadata = _metadata(graph, spec, loaded.source, report.kernels, report.kernel_launches, str(passes))
     compiled = CompiledModel(executable, metadata, executable)
     compiled.graph, compiled.report = graph, report
     if output is not None:

@@ -22,6 +22,21 @@ def optimize(mod, target):
         return passes(mod)
 
 
+def kernel_launches(mod) -> int:
+    """Kernel calls one inference makes: the `call_tir`s in `main` of a lowered module."""
+    from tvm import relax
+
+    count = 0
+
+    def visit(expr):
+        nonlocal count
+        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.call_tir":
+            count += 1
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return count
+
+
 def kernel_names(mod) -> list[str]:
     """Names of the TIR kernels (PrimFuncs) in a lowered module."""
     import tvm

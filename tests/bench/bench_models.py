@@ -5,7 +5,8 @@
 
 Median latency (ms, batch 1) per engine, and each engine's ratio to slimgraph (> 1 means
 slimgraph is faster). "plain TVM" is TVM's own torch importer and default CPU build with no
-slimgraph stage in between. A benchmark, not a test: run it by hand, on a quiet machine.
+slimgraph stage in between; "slimgraph, no passes" is `--pipeline none`, "slimgraph" the
+default pipeline; the kernel calls per inference of both are listed too. A benchmark, not a test: run it by hand, on a quiet machine.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from rich.table import Table  # noqa: E402
 import slimgraph  # noqa: E402
 from slimgraph.models import REFERENCE_MODELS, reference_model  # noqa: E402
 
-ENGINES = ["PyTorch eager", "torch.compile", "ONNX Runtime", "plain TVM", "slimgraph"]
+ENGINES = ["PyTorch eager", "torch.compile", "ONNX Runtime", "plain TVM", "slimgraph, no passes", "slimgraph"]
 
 
 def median_ms(fn, runs: int, warmup: int = 2) -> float:
@@ -63,8 +64,11 @@ def bench_model(name: str, runs: int, use_torch_compile: bool, folder: str) -> d
     results["ONNX Runtime"] = median_ms(lambda: session.run(None, feeds), runs)
 
     results["plain TVM"] = plain_tvm_latency(module, inputs, runs)
-    compiled = slimgraph.compile(module, inputs, name=name, check=False)
-    results["slimgraph"] = compiled.benchmark([t.numpy() for t in inputs], repeat=runs)["median_ms"]
+    arrays = [t.numpy() for t in inputs]
+    for engine, pipeline in (("slimgraph, no passes", "none"), ("slimgraph", "default")):
+        compiled = slimgraph.compile(module, inputs, name=name, pipeline=pipeline, check=False)
+        results[engine] = compiled.benchmark(arrays, repeat=runs)["median_ms"]
+        results[f"{engine} kernel calls"] = compiled.report.kernel_launches
     return results
 
 
@@ -112,9 +116,12 @@ def main() -> None:
     table.add_column("model")
     for engine in engines:
         table.add_column(engine, justify="right")
-    lines = ["| model | " + " | ".join(engines) + " |", "|---" * (len(engines) + 1) + "|"]
+    table.add_column("kernel calls (none -> default)", justify="right")
+    lines = ["| model | " + " | ".join(engines) + " | kernel calls (none -> default) |",
+             "|---" * (len(engines) + 2) + "|"]
     for name, result in rows.items():
         cells = [f"{result[e]:.2f} ({result[e] / result['slimgraph']:.2f}x)" for e in engines]
+        cells.append(f"{result['slimgraph, no passes kernel calls']} -> {result['slimgraph kernel calls']}")
         table.add_row(name, *cells)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     Console().print(table)
