@@ -24,7 +24,7 @@ from slimgraph import ir
 from slimgraph.codegen.artifact import check_writable
 from slimgraph.codegen.build import build
 from slimgraph.codegen.targets import TargetSpec, resolve_target
-from slimgraph.lowering import kernel_launches, kernel_names, optimize, to_relax
+from slimgraph.lowering import kernel_launches, kernel_names, lower
 from slimgraph.model_source import LoadedModel, load_model
 from slimgraph.rewrites import InstrumentOptions, PassManager, load_plugin, parse_pipeline, trace_rules
 from slimgraph.rewrites.manager import PassRecord
@@ -40,6 +40,7 @@ class CompileReport:
     reference: str = ""
     latency: dict | None = None
     passes: list[PassRecord] = field(default_factory=list)
+    lowering_notes: list[str] = field(default_factory=list)  # e.g. regions left to separate kernels
 
 
 @contextmanager
@@ -115,11 +116,8 @@ def compile(model: Any, example_inputs: Sequence[torch.Tensor] | None = None, *,
             manager = PassManager(passes, options.build(inputs=loaded.example_inputs), repro_dir=options.dump_dir)
             result = manager.run(graph)
             graph, report.passes = result.graph, result.records
-    with _stage(report, console, "lower to Relax"):
-        mod = to_relax(graph)
-    tvm_target = spec.tvm_target()
-    with _stage(report, console, f"optimize for {spec.name}"):
-        optimized = optimize(mod, tvm_target)
+    with _stage(report, console, f"lower and optimize for {spec.name}"):
+        mod, optimized, report.lowering_notes = lower(graph, spec.tvm_target())
         report.kernels, report.kernel_launches = kernel_names(optimized), kernel_launches(optimized)
     if options.dump_dir is not None:
         _dump(Path(options.dump_dir), mod, optimized)

@@ -40,6 +40,7 @@ def graph_difference(a: Graph, b: Graph) -> str | None:
                        _normalize(dict(y.kwargs), None) if y.kwargs else None),
             "type": (_type_of(x.meta.get("val")), _type_of(y.meta.get("val"))),
             "provenance": (provenance_of(x), provenance_of(y)),
+            "region": (x.meta.get("region"), y.meta.get("region")),
         }
         for field, (left, right) in fields.items():
             if left != right:

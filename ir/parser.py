@@ -12,7 +12,7 @@ import torch.fx as fx
 from .dtypes import SHORT_TO_DTYPE
 from .errors import ParseError
 from .graph import Graph
-from .text import SPECIAL_ENUMS, print_graph, resolve_op, set_provenance
+from .text import REGION, SPECIAL_ENUMS, print_graph, resolve_op, set_provenance
 
 TOKEN = re.compile(r"""
     (?P<ws>\s+)
@@ -188,6 +188,10 @@ def _parse_node(tokens, parser, fx_graph, nodes, params, where) -> None:
         raise ParseError(f"{where}: '%{node_name}' is not a usable value name (fx renamed it '%{node.name}')")
     tokens.take(":")
     node.meta["val"] = parser.type_(tokens)
+    if tokens.accept("region"):
+        tokens.take("(")
+        node.meta[REGION] = int(tokens.take()[1])
+        tokens.take(")")
     if tokens.accept("loc"):
         tokens.take("(")
         parts = []

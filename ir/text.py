@@ -8,7 +8,8 @@
       return (%linear_1,)
     }
 
-`loc("source", "pass", ...)` is the provenance: the module path or ONNX node name, then the
+`region(N)` marks the fused region (one kernel after lowering) a node belongs to, when the
+`fuse` pass has grouped them. `loc("source", "pass", ...)` is the provenance: the module path or ONNX node name, then the
 passes that made or changed the node. Parameters live beside the text (`save` / `load`).
 """
 from __future__ import annotations
@@ -23,6 +24,8 @@ import torch.fx as fx
 from .dtypes import short_dtype
 from .graph import Graph, Provenance, PROVENANCE, provenance_of
 from .shapes import op_name
+
+REGION = "region"  # meta key of a node's fused-region id (set by the fuse pass)
 
 SPECIAL_ENUMS = {str(v): v for v in (
     torch.contiguous_format, torch.channels_last, torch.preserve_format, torch.strided,
@@ -80,6 +83,8 @@ def format_node(node: fx.Node) -> str:
         parts += [f"{k}={format_value(v)}" for k, v in node.kwargs.items()]
         call = f"{op_name(node)}({', '.join(parts)})"
     line = f"%{node.name} = {call} : {format_type(node.meta.get('val'))}"
+    if node.meta.get(REGION) is not None:
+        line += f" region({node.meta[REGION]})"
     prov = provenance_of(node)
     if node.op == "call_function" and (prov.source or prov.passes):
         line += " loc(" + ", ".join(json.dumps(s) for s in (prov.source, *prov.passes)) + ")"

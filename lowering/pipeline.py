@@ -22,6 +22,31 @@ def optimize(mod, target):
         return passes(mod)
 
 
+def legalize_for_regions(mod, target):
+    """Before regions are outlined: ops become TIR calls and constant-only work is folded, so the
+    kernels of a region compute only what depends on the inputs."""
+    import tvm
+    from tvm import relax
+
+    passes = tvm.transform.Sequential([
+        relax.transform.DecomposeOpsForInference(),
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+    ])
+    with target, tvm.transform.PassContext(opt_level=3):
+        return passes(mod)
+
+
+def fuse_regions(mod, target):
+    """After outlining: FuseTIR makes one kernel of each region's primitive function."""
+    import tvm
+    from tvm import relax
+
+    with target, tvm.transform.PassContext(opt_level=3):
+        return tvm.transform.Sequential([relax.transform.FuseTIR(), relax.transform.DeadCodeElimination()])(mod)
+
+
 def kernel_launches(mod) -> int:
     """Kernel calls one inference makes: the `call_tir`s in `main` of a lowered module."""
     from tvm import relax

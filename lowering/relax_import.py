@@ -41,6 +41,34 @@ def normalize_negative_indices(graph: Graph) -> Graph:
     return graph
 
 
+def lower(graph: Graph, target):
+    """(imported Relax module, optimized module, notes). When the `fuse` pass marked regions, each
+    region becomes one kernel (lowering.regions); otherwise TVM's FuseOps decides the fusion."""
+    from .pipeline import fuse_regions, legalize_for_regions, optimize
+    from .regions import REGION, import_with_origins, outline_regions
+
+    region_of = {n.name: n.meta[REGION] for n in graph.fx_graph.nodes if n.meta.get(REGION) is not None}
+    if not region_of:
+        imported = to_relax(graph)
+        return imported, optimize(imported, target), []
+    graph = normalize_negative_indices(graph)
+    example = tuple(torch.zeros(shape, dtype=dtype) for _, shape, dtype in graph.input_specs())
+    try:
+        imported, origins = import_with_origins(graph, example)
+    except AssertionError as exc:
+        raise _unsupported(graph, exc) from exc
+    var_region = {var: region_of[node] for var, node in origins.items() if node in region_of}
+    outlined, notes = outline_regions(legalize_for_regions(imported, target), var_region)
+    return imported, fuse_regions(outlined, target), notes
+
+
+def _unsupported(graph: Graph, exc: AssertionError) -> Exception:
+    match = re.search(r"Unsupported function types \[(.*)\]", str(exc))
+    if match:
+        return LoweringError(f"graph '{graph.name}': TVM's importer has no converter for: {match.group(1)}")
+    return exc
+
+
 def to_relax(graph: Graph):
     """Convert the graph to a Relax IRModule whose `main` takes the graph's inputs in order."""
     from tvm.relax.frontend.torch import from_exported_program
@@ -51,7 +79,4 @@ def to_relax(graph: Graph):
     try:
         return from_exported_program(program, keep_params_as_input=False)
     except AssertionError as exc:
-        match = re.search(r"Unsupported function types \[(.*)\]", str(exc))
-        if match:
-            raise LoweringError(f"graph '{graph.name}': TVM's importer has no converter for: {match.group(1)}") from exc
-        raise
+        raise _unsupported(graph, exc) from exc

@@ -1,4 +1,5 @@
-"""fuse: exact algebraic merges (see fuse_algebra.py) and merging of parallel linears.
+"""fuse: exact algebraic merges (see fuse_algebra.py), merging of parallel linears, and fused
+regions (see fuse_regions.py) that lowering compiles into one kernel each.
 
 Parallel linears: n linears reading the same x with constant weights W_k[o_k, i], biases b_k
     linear(x, W_k, b_k) for k = 1..n  ->  split(linear(x, [W_1; ...; W_n], [b_1; ...; b_n]), [o_1..o_n], -1)[k]
@@ -17,6 +18,7 @@ from slimgraph.ir.graph import PROVENANCE, provenance_of
 
 from .base import Pass, PassResult, register_pass
 from .fuse_algebra import ALGEBRA_RULES
+from .fuse_regions import REGION, assign_regions
 from .rules import Rewriter, apply_rules
 from .patterns import Match
 
@@ -68,9 +70,10 @@ def merge_parallel_linears(graph, pass_name: str) -> int:
 class Fuse(Pass):
     name: ClassVar[str] = "fuse"
     summary: ClassVar[str] = "exact algebraic merges (bias/scale/pad into conv and linear, linear chains, " \
-                             "parallel linears, cancelling permutes and reshapes)"
+                             "parallel linears, cancelling permutes and reshapes); fused regions for lowering"
     algebra: bool = True
     parallel: bool = True
+    regions: bool = True
 
     def run(self, graph):
         stats, notes = {}, []
@@ -82,4 +85,9 @@ class Fuse(Pass):
             merged = merge_parallel_linears(graph, self.name)
             if merged:
                 stats["parallel-linears"] = merged
+        if self.regions:
+            before = [n.meta.get(REGION) for n in graph.fx_graph.nodes]
+            stats["regions"] = assign_regions(graph)
+            if before == [n.meta.get(REGION) for n in graph.fx_graph.nodes] and len(stats) == 1:
+                return PassResult(graph, False, stats, notes)
         return PassResult(graph, bool(stats), stats, notes)

@@ -60,7 +60,7 @@ CONV = '''graph "f" {
 
 
 def test_shift_scale_and_division_merge_into_the_conv():
-    result = run_pass(graph_from_text(CONV), "fuse")
+    result = run_pass(graph_from_text(CONV), "fuse{regions=false}")
     assert body(result.graph) == [
         "%conv = aten.conv2d.default(%x, %conv_weight, %conv_bias, [1, 1], [1, 1]) : f32[1,3,5,5] loc(\"conv\", \"fuse\")",
         "%out = aten.relu.default(%conv) : f32[1,3,5,5]",
@@ -71,7 +71,7 @@ def test_shift_scale_and_division_merge_into_the_conv():
 
 def test_a_non_per_channel_constant_is_refused_with_its_shape():
     text = CONV.replace('%c = param("shift") : f32[3,1,1]', '%c = param("shift") : f32[1,1,5]')
-    result = run_pass(graph_from_text(text), "fuse")
+    result = run_pass(graph_from_text(text), "fuse{regions=false}")
     assert ("add-into-bias did not fire at %shifted: constant of shape [1, 1, 5] is not one value per output "
             "channel (3)") in result.records[0].notes
 
@@ -84,7 +84,7 @@ def test_pad_merges_into_conv_padding():
   %conv = aten.conv2d.default(%padded, %w, None, [1, 1], [1, 0]) : f32[1,3,7,7]
   return (%conv,)
 }''')
-    result = run_pass(graph, "fuse")
+    result = run_pass(graph, "fuse{regions=false}")
     assert body(result.graph)[0] == "%conv = aten.conv2d.default(%x, %w, None, [1, 1], [2, 2]) : f32[1,3,7,7] loc(\"\", \"fuse\")"
 
 
@@ -96,7 +96,7 @@ def test_asymmetric_pad_stays():
   %conv = aten.conv2d.default(%padded, %w) : f32[1,3,4,4]
   return (%conv,)
 }''')
-    result = run_pass(graph, "fuse")
+    result = run_pass(graph, "fuse{regions=false}")
     assert not result.modified
     assert "pad-into-conv did not fire at %conv: asymmetric or negative pad [0, 1, 0, 1] cannot become conv padding" \
         in result.records[0].notes
@@ -118,7 +118,7 @@ def test_linear_chains_permutes_and_reshapes_collapse():
   %u = aten.transpose.int(%t, 1, 0) : f32[2,3,6]
   return (%u,)
 }''')
-    result = run_pass(graph, "fuse")
+    result = run_pass(graph, "fuse{regions=false}")
     assert body(result.graph) == ["%y = aten.linear.default(%x, %b_weight_a_weight, %b_weight_a_weight_bias) : f32[2,3,6] loc(\"\", \"fuse\")",
                                   "return (%y,)"]
 
@@ -137,7 +137,7 @@ def test_parallel_linears_become_one_matmul():
   %qk = aten.add.Tensor(%q, %k) : f32[1,8,16]
   return (%qk, %v)
 }''')
-    result = run_pass(graph, "fuse")
+    result = run_pass(graph, "fuse{regions=false}")
     lines = body(result.graph)
     assert lines[0].startswith("%linear = aten.linear.default(%x, %q_weight_k_weight_v_weight, ") and lines[0].endswith(': f32[1,8,40] loc("", "fuse")')
     assert lines[1] == "%split_with_sizes = aten.split_with_sizes.default(%linear, [16, 16, 8], -1) : (f32[1,8,16], f32[1,8,16], f32[1,8,8]) loc(\"\", \"fuse\")"
@@ -148,13 +148,13 @@ def test_parallel_linears_become_one_matmul():
 
 def test_encoder_projections_merge():
     _, inputs, graph = imported_model("bert_encoder")
-    result = run_pass(graph, "fuse")
+    result = run_pass(graph, "fuse{regions=false}")
     assert result.records[0].stats["parallel-linears"] == 4  # q/k/v of each layer
     linears = sum(1 for n in result.graph.nodes if n.target is torch.ops.aten.linear.default)
     assert linears == 24 - 4 * 2
 
 
-@pytest.mark.parametrize("pipeline", ["fuse{algebra=false}", "fuse{parallel=false,algebra=false}"])
+@pytest.mark.parametrize("pipeline", ["fuse{algebra=false,regions=false}", "fuse{algebra=false,parallel=false,regions=false}"])
 def test_options_switch_parts_off(pipeline):
     result = run_pass(graph_from_text(CONV), pipeline)
     assert not result.modified

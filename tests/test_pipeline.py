@@ -8,7 +8,7 @@ from slimgraph.rewrites import PassError, parse_pipeline
 @pytest.mark.parametrize("text", [
     "fold-bn,fold-constants,fuse",
     "fuse{parallel=false}",
-    "fold-constants{max_bytes=1024},fuse{algebra=false,parallel=false}",
+    "fold-constants{max_bytes=1024},fuse{algebra=false,parallel=false,regions=false}",
     "",
 ])
 def test_round_trip(text):
@@ -26,7 +26,7 @@ def test_named_pipeline_expands_and_defaults_are_not_printed():
     ("prune{ratio=two}", "unknown pass 'prune'"),
     ("fuse{parallel=maybe}", "option 'parallel' of pass 'fuse' expects bool, got 'maybe'"),
     ("fold-constants{max_bytes=lots}", "option 'max_bytes' of pass 'fold-constants' expects int, got 'lots'"),
-    ("fuse{paralel=true}", "pass 'fuse' has no option 'paralel'; did you mean 'parallel'? (options: algebra, parallel)"),
+    ("fuse{paralel=true}", "pass 'fuse' has no option 'paralel'; did you mean 'parallel'? (options: algebra, parallel, regions)"),
     ("fuse{parallel=true", "unbalanced '{' at column 5"),
     ("fuse}", "unbalanced '}' at column 5"),
     ("fuse{parallel}", "option 'parallel' at column 6 is not KEY=VALUE"),
