@@ -16,10 +16,6 @@ def launches(name: str, pipeline: str) -> int:
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_default_pipeline_never_adds_kernel_calls(name):
-    assert launches(name, "default") <= launches(name, "none")
-
-
-def test_merged_projections_cut_kernel_calls_in_the_encoder():
-    # q/k/v projections of 4 layers become one matmul + split each (measured 100 -> 88)
-    assert launches("bert_encoder", "default") < launches("bert_encoder", "none")
+def test_default_pipeline_makes_fewer_kernel_calls(name):
+    # measured: digit_cnn 6 -> 4, resnet18 24 -> 21, mobilenet_v2 55 -> 53, bert_encoder 100 -> 62
+    assert launches(name, "default") < launches(name, "none")
