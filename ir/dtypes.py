@@ -23,13 +23,3 @@ def short_dtype(dtype: torch.dtype) -> str:
 def numpy_dtype_name(dtype: torch.dtype) -> str:
     """The numpy / TVM spelling of a torch dtype (`float32`, `int64`, ...)."""
     return str(dtype).removeprefix("torch.")
-
-
-def torch_dtype_from_name(name: str) -> torch.dtype:
-    """`float32` or `f32` to torch.float32; raises ValueError for unknown names."""
-    if name in SHORT_TO_DTYPE:
-        return SHORT_TO_DTYPE[name]
-    dtype = getattr(torch, name, None)
-    if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"unknown dtype '{name}'; known: {', '.join(SHORT_TO_DTYPE.values())}")
-    return dtype

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -162,8 +162,3 @@ def sanitize_name(name: str) -> str:
     """A valid fx node name from any string (ONNX tensor names, state_dict names)."""
     cleaned = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in name).strip("_") or "v"
     return cleaned if not cleaned[0].isdigit() else f"v{cleaned}"
-
-
-def tensors_equal(a: Iterable[torch.Tensor], b: Sequence[torch.Tensor]) -> bool:
-    a = list(a)
-    return len(a) == len(b) and all(x.dtype == y.dtype and x.shape == y.shape and torch.equal(x, y) for x, y in zip(a, b))

@@ -21,6 +21,7 @@ from typing import ClassVar
 import torch
 
 from .base import Pass, PassResult, register_pass
+from .layer_params import constant_bias, rebuild_layer
 from .patterns import Any, Const, Op
 from .rules import Rule, RuleSet, apply_rules
 
@@ -50,33 +51,13 @@ def scale_and_shift(match) -> tuple[torch.Tensor, torch.Tensor] | str:
     return s, beta - mean * s
 
 
-def _bias_name(weight_name: str) -> str:
-    return weight_name[: -len("weight")] + "bias" if weight_name.endswith("weight") else weight_name + ".bias"
-
-
-def _new_bias(match, rw, bias_value, dtype):
-    existing = match["b"]
-    name = existing.target if existing is not None else _bias_name(match["w"].target)
-    return rw.param(name, bias_value.to(dtype))
-
-
-def _old_bias(match, channels: int) -> torch.Tensor | str:
-    b = match["b"]
-    if b is None:
-        return torch.zeros(channels, dtype=torch.float64)
-    if getattr(b, "op", None) != "get_attr":
-        return f"bias of %{match['producer'].name} is computed, not a constant"
-    return match.tensor("b").double()
-
-
 def fold_into_producer(match, rw):
     producer = match["producer"]
     affine = scale_and_shift(match)
     if isinstance(affine, str):
         return rw.decline(affine)
     s, t = affine
-    weight = match.tensor("w")
-    w = weight.double()
+    w = match.tensor("w").double()
     if producer.target is aten.conv_transpose2d.input:
         groups = producer.args[6] if len(producer.args) > 6 else 1
         in_per_group, out_per_group = w.shape[0] // groups, w.shape[1]
@@ -86,12 +67,10 @@ def fold_into_producer(match, rw):
         if producer.target is aten.linear.default and producer.meta["val"].dim() != 2:
             return rw.decline("linear output is not [N, C]: the batch norm normalizes another axis")
         scaled = w * s.view(-1, *([1] * (w.dim() - 1)))
-    bias = _old_bias(match, s.numel())
+    bias = constant_bias(match, s.numel())
     if isinstance(bias, str):
         return rw.decline(bias)
-    new_w = rw.param(match["w"].target, scaled.to(weight.dtype))
-    new_b = _new_bias(match, rw, bias * s + t, weight.dtype)
-    return rw.call(producer.target, match["x"], new_w, new_b, *producer.args[3:], like=producer, **producer.kwargs)
+    return rebuild_layer(match, rw, match["x"], scaled, bias * s + t)
 
 
 def fold_into_consumer(match, rw):
@@ -108,17 +87,13 @@ def fold_into_consumer(match, rw):
     if isinstance(affine, str):
         return rw.decline(affine)
     s, t = affine
-    weight = match.tensor("w")
-    w = weight.double()
-    bias = _old_bias(match, w.shape[0])
+    w = match.tensor("w").double()
+    bias = constant_bias(match, w.shape[0])
     if isinstance(bias, str):
         return rw.decline(bias)
     view = (1, -1) + (1,) * (w.dim() - 2)
-    new_w = rw.param(match["w"].target, (w * s.view(view)).to(weight.dtype))
     shift = (w * t.view(view)).sum(dim=tuple(range(1, w.dim())))
-    new_b = _new_bias(match, rw, bias + shift, weight.dtype)
-    return rw.call(consumer.target, match["bn"].args[0], new_w, new_b, *consumer.args[3:], like=consumer,
-                   **consumer.kwargs)
+    return rebuild_layer(match, rw, match["bn"].args[0], w * s.view(view), bias + shift)
 
 
 PRODUCER = Op(CONVS + (aten.conv_transpose2d.input, aten.linear.default), Any("x"), Const("w"), Any("b"),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from .layer_params import constant_bias, rebuild_layer
 from .patterns import Any, Const, Miss, Op
 from .rules import Rule, RuleSet
 
@@ -50,43 +51,20 @@ def per_channel(match, value) -> torch.Tensor | str:
     return tensor.reshape(channels)
 
 
-def _bias(match) -> torch.Tensor | str:
-    b, channels = match["b"], match.tensor("w").shape[0]
-    if b is None:
-        return torch.zeros(channels, dtype=torch.float64)
-    if getattr(b, "op", None) != "get_attr":
-        return "the bias is computed, not a constant"
-    return match.tensor("b").double()
-
-
-def _bias_name(match) -> str:
-    if match["b"] is not None:
-        return match["b"].target
-    weight = match["w"].target
-    return weight[: -len("weight")] + "bias" if weight.endswith("weight") else weight + ".bias"
-
-
-def _rebuild(match, rw, weight: torch.Tensor, bias: torch.Tensor):
-    producer, dtype = match["producer"], match.tensor("w").dtype
-    new_w = rw.param(match["w"].target, weight.to(dtype))
-    new_b = rw.param(_bias_name(match), bias.to(dtype))
-    return rw.call(producer.target, match["x"], new_w, new_b, *producer.args[3:], like=producer, **producer.kwargs)
-
-
 def _affine(sign: float = 1.0, scale: bool = False, reciprocal: bool = False):
     def rewrite(match, rw):
         if match["producer"].meta["val"].dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
             return rw.decline("not a floating-point producer")
         c = per_channel(match, match["c"])
-        bias = _bias(match)
+        bias = constant_bias(match, match.tensor("w").shape[0])
         for problem in (c, bias):
             if isinstance(problem, str):
                 return rw.decline(problem)
         weight = match.tensor("w").double()
         if not scale:
-            return _rebuild(match, rw, weight, bias + sign * c)
+            return rebuild_layer(match, rw, match["x"], weight, bias + sign * c)
         c = 1.0 / c if reciprocal else c
-        return _rebuild(match, rw, weight * c.view(-1, *([1] * (weight.dim() - 1))), bias * c)
+        return rebuild_layer(match, rw, match["x"], weight * c.view(-1, *([1] * (weight.dim() - 1))), bias * c)
     return rewrite
 
 
@@ -114,7 +92,7 @@ def merge_linears(match, rw):
     inner, outer = match["inner"], match["producer"]
     w1, w2 = match.tensor("w1").double(), match.tensor("w").double()
     b1 = match.tensor("b1").double() if match["b1"] is not None else torch.zeros(w1.shape[0], dtype=torch.float64)
-    b2 = _bias(match)
+    b2 = constant_bias(match, w2.shape[0])
     if isinstance(b2, str) or (match["b1"] is not None and match["b1"].op != "get_attr"):
         return rw.decline("a bias is computed, not a constant")
     dtype = match.tensor("w").dtype
