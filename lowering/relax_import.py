@@ -43,14 +43,18 @@ def normalize_negative_indices(graph: Graph) -> Graph:
 
 def lower(graph: Graph, target):
     """(imported Relax module, optimized module, notes). When the `fuse` pass marked regions, each
-    region becomes one kernel (lowering.regions); otherwise TVM's FuseOps decides the fusion."""
+    region becomes one kernel (lowering.regions); otherwise TVM's FuseOps decides the fusion.
+    Then the CPU schedule rules (lowering.cpu_schedules) schedule the kernels they know."""
     from .pipeline import fuse_regions, legalize_for_regions, optimize
     from .regions import REGION, import_with_origins, outline_regions
+
+    from .cpu_schedules import schedule_cpu
 
     region_of = {n.name: n.meta[REGION] for n in graph.fx_graph.nodes if n.meta.get(REGION) is not None}
     if not region_of:
         imported = to_relax(graph)
-        return imported, optimize(imported, target), []
+        scheduled, notes = schedule_cpu(optimize(imported, target), target)
+        return imported, scheduled, notes
     graph = normalize_negative_indices(graph)
     example = tuple(torch.zeros(shape, dtype=dtype) for _, shape, dtype in graph.input_specs())
     try:
@@ -59,7 +63,8 @@ def lower(graph: Graph, target):
         raise _unsupported(graph, exc) from exc
     var_region = {var: region_of[node] for var, node in origins.items() if node in region_of}
     outlined, notes = outline_regions(legalize_for_regions(imported, target), var_region)
-    return imported, fuse_regions(outlined, target), notes
+    scheduled, unscheduled = schedule_cpu(fuse_regions(outlined, target), target)
+    return imported, scheduled, notes + unscheduled
 
 
 def _unsupported(graph: Graph, exc: AssertionError) -> Exception:

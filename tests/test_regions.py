@@ -45,7 +45,7 @@ def test_fuse_marks_regions_in_the_ir():
 def test_each_region_becomes_one_kernel_and_outputs_match():
     graph = run_pass(graph_from_text(BLOCK), "fuse").graph
     _, optimized, notes = lower(graph, x86_host().tvm_target())
-    assert notes == [] and kernel_launches(optimized) == 2
+    assert not [n for n in notes if n.startswith("region")] and kernel_launches(optimized) == 2
     compiled = slimgraph.compile(graph, check=True)
     assert compiled.report.kernel_launches == 2 and compiled.report.max_abs_diff < 1e-5
     plain = slimgraph.compile(graph_from_text(BLOCK), pipeline="none", check=False)
@@ -59,7 +59,7 @@ def test_a_region_whose_inside_value_escapes_stays_separate_kernels():
         if node.op == "call_function":
             node.meta["region"] = 0 if node.name in ("a", "a_relu") else 1
     _, optimized, notes = lower(graph, x86_host().tvm_target())
-    assert notes == ["region 0: 2 values leave it; its ops stay separate kernels"]
+    assert "region 0: 2 values leave it; its ops stay separate kernels" in notes
     compiled = slimgraph.compile(graph, pipeline="none", check=False)
     x = torch.randn(1, 4, 6, 6)
     expected = [t.numpy() for t in graph.run(x)]

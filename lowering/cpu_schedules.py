@@ -1,0 +1,119 @@
+"""Rule-based CPU schedules: fast kernels without search, chosen by the kernel's shape.
+
+The rules are data (`CPU_RULES`, tried in order; the first that applies wins), in the style of
+TVM's dlight rules, which cover GPUs but on the CPU only GEMV and reductions. A kernel no rule
+takes keeps TVM's default loops, and the compile report says which.
+
+Dense (any kernel whose main block is a reduction with iterators S..S S S R: linear, matmul,
+batched matmul, with the epilogue that fusion put after it, bias / GELU / residual):
+
+    C[b.., i, j] = sum_k A[b.., i, k] * B[b.., k, j]
+    i -> (io, ii: mr rows),  j -> (jo, ji: nr columns),  order (b.., io, jo, k, ii, ji)
+
+The mr x nr tile of C stays in registers across k (the epilogue is computed at jo, so C is
+written once), ji is vectorized over nr = a multiple of the target's fp32 lanes (16 with
+AVX-512, 8 with AVX2, 4 with NEON), ii unrolled, and (b.., io, jo) runs in parallel over
+the cores. mr and nr are the largest of (4, 2, 1) and (4, 2, 1 x lanes, 8, 4) that divide M and
+N, so no tile needs a bounds check.
+"""
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir import dlight as dl
+from tvm.s_tir.dlight.analysis import normalize_prim_func
+from tvm.s_tir.dlight.base import try_inline_contiguous_spatial
+
+
+def vector_lanes(target) -> int:
+    """fp32 lanes of the target's widest vector registers."""
+    attrs = [str(a) for a in (target.attrs.get("mattr") or [])]
+    triple = str(target.attrs.get("mtriple") or "")
+    if "+avx512f" in attrs:
+        return 16
+    if "+avx2" in attrs or "+avx" in attrs:
+        return 8
+    return 4 if triple.startswith("aarch64") or not attrs else 4
+
+
+def _largest_divisor(n: int, candidates) -> int:
+    return next((c for c in candidates if c and n % c == 0), 1)
+
+
+class DenseRule(dl.ScheduleRule):
+    """Register-tiled, vectorized, parallel matmul with its fused epilogue (see module docstring)."""
+
+    name = "dense"
+
+    def apply(self, func, target, tunable):
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        infos = try_inline_contiguous_spatial(sch, infos) if infos is not None else None
+        if infos is None or not 1 <= len(infos) <= 2 or not infos[0].is_reduction():
+            return None
+        kinds = "".join(it.kind for it in infos[0].iters)
+        if not kinds.endswith("SSR") or set(kinds) != {"S", "R"} or kinds.count("R") != 1:
+            return None
+        epilogue = infos[1] if len(infos) == 2 else None
+        if epilogue is not None and not epilogue.is_injective():
+            return None
+        block = infos[0].block_rv
+        *batch, i, j, k = sch.get_loops(block)
+        lanes = vector_lanes(target)
+        m, n = int(sch.get(i).extent), int(sch.get(j).extent)
+        mr = _largest_divisor(m, (4, 2))
+        nr = _largest_divisor(n, (4 * lanes, 2 * lanes, lanes, 8, 4))
+        io, ii = sch.split(i, [None, mr])
+        jo, ji = sch.split(j, [None, nr])
+        sch.reorder(*batch, io, jo, k, ii, ji)
+        # The epilogue joins the tile only when it reads C[b.., i, j] at its own indices; one that
+        # reads through a reshape (3-D linear = view, mm, view) runs after the matmul instead.
+        if epilogue is not None and _reads_directly(sch, epilogue.block_rv, block):
+            tail = epilogue.block_rv
+        else:
+            tail = sch.cache_write(block, 0, "global")
+        sch.reverse_compute_at(tail, jo)
+        inner = sch.get_loops(tail)[len(batch) + 2:]
+        if inner:
+            fused = sch.fuse(*inner) if len(inner) > 1 else inner[0]
+            if nr >= 4:
+                sch.vectorize(sch.split(fused, [None, nr])[1])
+        sch.parallel(sch.fuse(*batch, io, jo))
+        sch.unroll(ii)
+        if nr >= 4:
+            sch.vectorize(ji)
+        sch.decompose_reduction(block, k)  # after every loop annotation (s_tir requires it)
+        return sch
+
+
+# First match wins. TVM's own CPU rules follow ours: GEMV (batch-1 dense) and reductions.
+def _reads_directly(sch, consumer, producer) -> bool:
+    """Does `consumer` read the producer's output exactly at its own iteration indices?"""
+    output = sch.get(producer).writes[0].source  # TVM 0.27: TensorRegion.source is the buffer
+    block = sch.get(consumer)
+    indices = [iv.var for iv in block.iter_vars]
+    for region in block.reads:
+        if region.source.same_as(output):
+            mins = [r.min for r in region.region]
+            return len(mins) == len(indices) and all(m.same_as(v) for m, v in zip(mins, indices))
+    return False
+
+
+CPU_RULES: list[dl.ScheduleRule] = [DenseRule(), dl.cpu.GEMV(), dl.cpu.Reduction()]
+
+
+def is_scheduled(func) -> bool:
+    return isinstance(func, tirx.PrimFunc) and "tirx.is_scheduled" in func.attrs and \
+        int(func.attrs["tirx.is_scheduled"]) == 1
+
+
+def schedule_cpu(mod, target) -> tuple[object, list[str]]:
+    """Apply CPU_RULES to every kernel; returns the module and a note per kernel left unscheduled."""
+    if target.kind.name != "llvm":
+        return mod, []
+    with target:
+        mod = dl.ApplyDefaultSchedule(*CPU_RULES)(mod)
+    left = sorted(gv.name_hint for gv, f in mod.functions_items()
+                  if isinstance(f, tirx.PrimFunc) and not is_scheduled(f))
+    return mod, [f"kernel {name}: no schedule rule applies; TVM's default loops" for name in left]
