@@ -1,5 +1,8 @@
 """Rule-based CPU schedules: fast kernels without search, chosen by the kernel's shape.
 
+Rules: dense (DenseRule), direct conv2d / depthwise conv (Conv2dRule), then TVM's GEMV and
+reduction rules.
+
 The rules are data (`CPU_RULES`, tried in order; the first that applies wins), in the style of
 TVM's dlight rules, which cover GPUs but on the CPU only GEMV and reductions. A kernel no rule
 takes keeps TVM's default loops, and the compile report says which.
@@ -67,18 +70,7 @@ class DenseRule(dl.ScheduleRule):
         io, ii = sch.split(i, [None, mr])
         jo, ji = sch.split(j, [None, nr])
         sch.reorder(*batch, io, jo, k, ii, ji)
-        # The epilogue joins the tile only when it reads C[b.., i, j] at its own indices; one that
-        # reads through a reshape (3-D linear = view, mm, view) runs after the matmul instead.
-        if epilogue is not None and _reads_directly(sch, epilogue.block_rv, block):
-            tail = epilogue.block_rv
-        else:
-            tail = sch.cache_write(block, 0, "global")
-        sch.reverse_compute_at(tail, jo)
-        inner = sch.get_loops(tail)[len(batch) + 2:]
-        if inner:
-            fused = sch.fuse(*inner) if len(inner) > 1 else inner[0]
-            if nr >= 4:
-                sch.vectorize(sch.split(fused, [None, nr])[1])
+        _epilogue_at(sch, block, epilogue.block_rv if epilogue is not None else None, jo, len(batch) + 2, nr)
         sch.parallel(sch.fuse(*batch, io, jo))
         sch.unroll(ii)
         if nr >= 4:
@@ -87,7 +79,21 @@ class DenseRule(dl.ScheduleRule):
         return sch
 
 
-# First match wins. TVM's own CPU rules follow ours: GEMV (batch-1 dense) and reductions.
+def _epilogue_at(sch, block, epilogue, loop, depth: int, width: int) -> None:
+    """Compute the epilogue (or a cache of the output) per tile at `loop`, vectorized by `width`.
+
+    The epilogue joins the tile only when it reads the output at its own indices; one that reads
+    through a reshape (a 3-D linear is view, mm, view) would be mis-placed by TVM's
+    reverse_compute_at (wrong results, seen in tests), so the output is cached instead."""
+    if epilogue is None or not _reads_directly(sch, epilogue, block):
+        epilogue = sch.cache_write(block, 0, "global")
+    sch.reverse_compute_at(epilogue, loop)
+    inner = sch.get_loops(epilogue)[depth:]
+    if inner and width >= 4:
+        fused = sch.fuse(*inner) if len(inner) > 1 else inner[0]
+        sch.vectorize(sch.split(fused, [None, width])[1])
+
+
 def _reads_directly(sch, consumer, producer) -> bool:
     """Does `consumer` read the producer's output exactly at its own iteration indices?"""
     output = sch.get(producer).writes[0].source  # TVM 0.27: TensorRegion.source is the buffer
@@ -100,7 +106,59 @@ def _reads_directly(sch, consumer, producer) -> bool:
     return False
 
 
-CPU_RULES: list[dl.ScheduleRule] = [DenseRule(), dl.cpu.GEMV(), dl.cpu.Reduction()]
+class Conv2dRule(dl.ScheduleRule):
+    """Direct NCHW conv (and depthwise conv) with its fused epilogue, no layout change:
+
+        out[b.., co, oh, ow] = sum_{ci, kh, kw} in[b.., ci, oh*s + kh, ow*s + kw] * W[co, ci, kh, kw]
+        co -> (coo, coi: 8, 4 or 2 channels),  ow -> (owo, owi: a multiple of the lanes),
+        order (b.., coo, oh, owo, ci, kh, kw, coi, owi)
+
+    A tile of coi x owi outputs stays in registers over the whole reduction; each weight is
+    broadcast against a vector of owi inputs (contiguous for stride 1); (b.., coo, oh) run in
+    parallel. Depthwise conv (no ci) uses coi = 1. The padding stays a separate block before it.
+    """
+
+    name = "conv2d"
+
+    def apply(self, func, target, tunable):
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)  # drops unit iterators (batch 1)
+        reductions = [info for info in infos or [] if info.is_reduction()]
+        if len(reductions) != 1:
+            return None
+        conv = reductions[0]
+        kinds = "".join("R" if iv.iter_type == 2 else "S" for iv in sch.get(conv.block_rv).iter_vars)
+        spatial = kinds.count("S")
+        if spatial not in (3, 4) or kinds not in ("S" * spatial + "RRR", "S" * spatial + "RR"):
+            return None
+        after = infos[infos.index(conv) + 1:]
+        for info in after[:-1]:  # the elementwise chain folds into its last block
+            if not info.is_injective():
+                return None
+            sch.compute_inline(info.block_rv)
+        block = conv.block_rv
+        loops = sch.get_loops(block)
+        *batch, co, oh, ow = loops[:spatial]
+        reduction_loops = loops[spatial:]
+        lanes = vector_lanes(target)
+        owt = _largest_divisor(int(sch.get(ow).extent), (2 * lanes, lanes, 8, 4, 2))
+        cot = _largest_divisor(int(sch.get(co).extent), (8, 4, 2)) if kinds.endswith("RRR") else 1
+        coo, coi = sch.split(co, [None, cot])
+        owo, owi = sch.split(ow, [None, owt])
+        sch.reorder(*batch, coo, oh, owo, *reduction_loops, coi, owi)
+        _epilogue_at(sch, block, after[-1].block_rv if after else None, owo, len(batch) + 3, owt)
+        sch.parallel(sch.fuse(*batch, coo, oh))
+        sch.unroll(coi)
+        if owt >= 4:
+            sch.vectorize(owi)
+        sch.decompose_reduction(block, reduction_loops[0])
+        return sch
+
+
+# First match wins. TVM's own CPU rules follow ours: GEMV (batch-1 dense) and reductions.
+CPU_RULES: list[dl.ScheduleRule] = [DenseRule(), Conv2dRule(), dl.cpu.GEMV(), dl.cpu.Reduction()]
 
 
 def is_scheduled(func) -> bool:

@@ -34,7 +34,9 @@ ELEMENTWISE = {
 LAYOUT = {aten.reshape.default, aten.view.default, aten.flatten.using_ints, aten.permute.default,
           aten.transpose.int, aten.unsqueeze.default, aten.squeeze.dims, aten.squeeze.dim}
 POOLING = {aten.max_pool2d.default, aten.avg_pool2d.default, aten.adaptive_avg_pool2d.default}
-JOINS_PRODUCER = ELEMENTWISE | LAYOUT | POOLING
+# Pooling starts its own region: a conv kernel with a pooling reduction after it has no fast
+# schedule rule (lowering.cpu_schedules), while the two as separate kernels both do.
+JOINS_PRODUCER = ELEMENTWISE | LAYOUT
 
 
 def region_of(node: fx.Node) -> int | None:

@@ -3,6 +3,8 @@ shapes (odd sizes, sizes no vector width divides, batch > 1, fused epilogues).""
 import pytest
 import torch
 
+from tvm import tirx
+
 import slimgraph
 from slimgraph import ir
 from slimgraph.codegen.targets import resolve_target, x86_host
@@ -58,6 +60,34 @@ def test_batched_matmul_is_scheduled_and_exact(batch, m, k, n):
     graph = batched_matmul_graph(batch, m, k, n)
     compiled = slimgraph.compile(graph, check=True)
     assert compiled.report.max_abs_diff <= 1e-5
+
+
+def conv_graph(batch, cin, cout, size, kernel, stride, padding, groups):
+    builder = ir.GraphBuilder("conv")
+    generator = torch.Generator().manual_seed(cin * 100 + cout)
+    x = builder.input("x", (batch, cin, size, size + 1), torch.float32)
+    w = builder.param("conv.weight", torch.randn(cout, cin // groups, kernel, kernel, generator=generator))
+    b = builder.param("conv.bias", torch.randn(cout, generator=generator))
+    y = builder.call(aten.conv2d.default, x, w, b, [stride, stride], [padding, padding], [1, 1], groups)
+    builder.output(builder.call(aten.hardtanh.default, y, 0.0, 6.0))
+    return builder.build()
+
+
+@pytest.mark.parametrize("batch, cin, cout, size, kernel, stride, padding, groups", [
+    (1, 64, 64, 56, 3, 1, 1, 1),      # ResNet-18's layer1 conv
+    (1, 3, 16, 31, 7, 2, 3, 1),       # a stem: odd size, stride 2
+    (2, 5, 7, 9, 3, 1, 0, 1),         # batch 2, channels no tile divides
+    (1, 32, 32, 15, 3, 2, 1, 32),     # depthwise, stride 2
+    (1, 8, 12, 10, 1, 1, 0, 1),       # 1x1
+    (1, 8, 8, 6, 3, 1, 1, 2),         # grouped
+])
+def test_conv_rule_matches_the_reference(batch, cin, cout, size, kernel, stride, padding, groups):
+    graph = conv_graph(batch, cin, cout, size, kernel, stride, padding, groups)
+    compiled = slimgraph.compile(graph, check=True)
+    assert compiled.report.max_abs_diff <= 1e-4
+    _, optimized, _ = lower(graph, x86_host().tvm_target())
+    convs = [f for gv, f in optimized.functions_items() if isinstance(f, tirx.PrimFunc) and "conv2d" in f.script()]
+    assert convs and all(is_scheduled(f) for f in convs)
 
 
 def test_vector_width_comes_from_the_target():
