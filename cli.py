@@ -40,7 +40,9 @@ def _compile(args) -> int:
     table.add_row("target", f"{compiled.metadata['target']['name']} {compiled.metadata['target']['config']}")
     table.add_row("library", f"{library} ({library.stat().st_size / 1024:.0f} KiB), metadata {meta.name}")
     table.add_row("pipeline", compiled.metadata["pipeline"] or "none")
-    table.add_row("kernels", f"{len(report.kernels)} distinct, {report.kernel_launches} calls per inference")
+    unscheduled = sum(1 for note in report.lowering_notes if "no schedule rule" in note)
+    table.add_row("kernels", f"{len(report.kernels)} distinct ({len(report.kernels) - unscheduled} scheduled by "
+                             f"rules), {report.kernel_launches} calls per inference")
     table.add_row("compile time", f"{sum(report.stage_seconds.values()):.1f} s")
     if report.max_abs_diff is not None:
         table.add_row(f"max |diff| vs {report.reference}", f"{report.max_abs_diff:.3g}")
