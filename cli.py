@@ -37,7 +37,11 @@ def _compile(args) -> int:
     library, meta = artifact_paths(output)
     report = compiled.report
     table = Table(title=f"slimgraph compile: {compiled.metadata['model']}", show_header=False)
-    table.add_row("target", f"{compiled.metadata['target']['name']} {compiled.metadata['target']['config']}")
+    target = compiled.metadata["target"]
+    config = target["config"]
+    table.add_row("target", f"{target['name']}: {config.get('kind')}, mcpu={config.get('mcpu', '-')}, "
+                            f"{config.get('num-cores', '?')} cores, {len(config.get('mattr', []))} ISA features "
+                            f"(full target in {Path(str(output)).with_suffix('.json').name})")
     table.add_row("library", f"{library} ({library.stat().st_size / 1024:.0f} KiB), metadata {meta.name}")
     table.add_row("pipeline", compiled.metadata["pipeline"] or "none")
     unscheduled = sum(1 for note in report.lowering_notes if "no schedule rule" in note)
