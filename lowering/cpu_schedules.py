@@ -133,7 +133,10 @@ class Conv2dRule(dl.ScheduleRule):
         spatial = kinds.count("S")
         if spatial not in (3, 4) or kinds not in ("S" * spatial + "RRR", "S" * spatial + "RR"):
             return None
-        after = infos[infos.index(conv) + 1:]
+        before, after = infos[:infos.index(conv)], infos[infos.index(conv) + 1:]
+        for info in before:  # the padding: computed per output row block, in parallel with it
+            if not info.is_injective():
+                return None
         for info in after[:-1]:  # the elementwise chain folds into its last block
             if not info.is_injective():
                 return None
@@ -153,6 +156,9 @@ class Conv2dRule(dl.ScheduleRule):
         sch.unroll(coi)
         if owt >= 4:
             sch.vectorize(owi)
+        for info in before:
+            loops = sch.get_loops(info.block_rv)
+            sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
         sch.decompose_reduction(block, reduction_loops[0])
         return sch
 
