@@ -100,8 +100,8 @@ def _reads_directly(sch, consumer, producer) -> bool:
     block = sch.get(consumer)
     indices = [iv.var for iv in block.iter_vars]
     for region in block.reads:
-        if region.source.same_as(output):
-            mins = [r.min for r in region.region]
+        if region.source.same_as(output):  # unit dims (batch 1) are read at a constant 0
+            mins = [r.min for r in region.region if not isinstance(r.min, tirx.IntImm)]
             return len(mins) == len(indices) and all(m.same_as(v) for m, v in zip(mins, indices))
     return False
 
