@@ -43,7 +43,7 @@ def _graph_reference(graph: ir.Graph):
     return lambda inputs: [o.numpy() for o in graph.run(*inputs)]
 
 
-def _onnx_reference(path: Path, graph: ir.Graph):
+def _onnx_reference(path: Path):
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -103,7 +103,7 @@ def load_model(model: Any, example_inputs: Sequence[torch.Tensor] | None = None,
 
         graph = from_onnx(path, name=name or path.stem)
         inputs = graph.example_inputs()
-        return LoadedModel(graph, inputs, _onnx_reference(path, graph), "ONNX Runtime", str(path))
+        return LoadedModel(graph, inputs, _onnx_reference(path), "ONNX Runtime", str(path))
     if path.suffix == ".ir":
         graph = ir.load(path)
         return LoadedModel(graph, graph.example_inputs(), _graph_reference(graph), "slimgraph IR (PyTorch)", str(path))

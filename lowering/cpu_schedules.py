@@ -30,12 +30,11 @@ from tvm.s_tir.dlight.base import try_inline_contiguous_spatial
 def vector_lanes(target) -> int:
     """fp32 lanes of the target's widest vector registers."""
     attrs = [str(a) for a in (target.attrs.get("mattr") or [])]
-    triple = str(target.attrs.get("mtriple") or "")
     if "+avx512f" in attrs:
         return 16
     if "+avx2" in attrs or "+avx" in attrs:
         return 8
-    return 4 if triple.startswith("aarch64") or not attrs else 4
+    return 4  # NEON, SSE, or nothing declared
 
 
 def _largest_divisor(n: int, candidates) -> int:

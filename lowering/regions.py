@@ -12,8 +12,6 @@ import torch
 
 from slimgraph.ir import Graph
 
-REGION = "region"
-
 
 def _origin_name(node, graph_id: int) -> str | None:
     stack = list(node.meta.get("from_node") or [])

@@ -46,7 +46,9 @@ def lower(graph: Graph, target):
     region becomes one kernel (lowering.regions); otherwise TVM's FuseOps decides the fusion.
     Then the CPU schedule rules (lowering.cpu_schedules) schedule the kernels they know."""
     from .pipeline import fuse_regions, legalize_for_regions, optimize
-    from .regions import REGION, import_with_origins, outline_regions
+    from slimgraph.ir.text import REGION
+
+    from .regions import import_with_origins, outline_regions
 
     from .cpu_schedules import schedule_cpu
 
@@ -56,15 +58,19 @@ def lower(graph: Graph, target):
         scheduled, notes = schedule_cpu(optimize(imported, target), target)
         return imported, scheduled, notes
     graph = normalize_negative_indices(graph)
-    example = tuple(torch.zeros(shape, dtype=dtype) for _, shape, dtype in graph.input_specs())
     try:
-        imported, origins = import_with_origins(graph, example)
+        imported, origins = import_with_origins(graph, _example_inputs(graph))
     except AssertionError as exc:
         raise _unsupported(graph, exc) from exc
     var_region = {var: region_of[node] for var, node in origins.items() if node in region_of}
     outlined, notes = outline_regions(legalize_for_regions(imported, target), var_region)
     scheduled, unscheduled = schedule_cpu(fuse_regions(outlined, target), target)
     return imported, scheduled, notes + unscheduled
+
+
+def _example_inputs(graph: Graph) -> tuple[torch.Tensor, ...]:
+    """Zeros of the input shapes: torch.export traces with them (values do not matter)."""
+    return tuple(torch.zeros(shape, dtype=dtype) for _, shape, dtype in graph.input_specs())
 
 
 def _unsupported(graph: Graph, exc: AssertionError) -> Exception:
@@ -79,8 +85,7 @@ def to_relax(graph: Graph):
     from tvm.relax.frontend.torch import from_exported_program
 
     graph = normalize_negative_indices(graph)
-    example = tuple(torch.zeros(shape, dtype=dtype) for _, shape, dtype in graph.input_specs())
-    program = torch.export.export(graph.module(), example)
+    program = torch.export.export(graph.module(), _example_inputs(graph))
     try:
         return from_exported_program(program, keep_params_as_input=False)
     except AssertionError as exc:
