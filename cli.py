@@ -1,4 +1,4 @@
-"""The `slimgraph` command line: compile, dump, run, passes, models.
+"""The `slimgraph` command line: compile, dump, run, bench, passes, models.
 
 Every failure is one line on stderr (`slimgraph: error: ...`) and a non-zero exit code;
 `--traceback` shows the Python traceback as well.
@@ -13,6 +13,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from slimgraph.cli_bench import add_bench_parser
 from slimgraph.ir.errors import SlimgraphError
 
 stdout = Console()
@@ -233,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     passes = commands.add_parser("passes", help="list the rewrite passes, their options and named pipelines")
     passes.add_argument("--plugin", action="append", default=[], help="a .py file that registers passes")
     passes.set_defaults(handler=_passes)
+
+    add_bench_parser(commands, _add_pass_options)
 
     models = commands.add_parser("models", help="list the built-in reference models")
     models.set_defaults(handler=_models)

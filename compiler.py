@@ -125,7 +125,7 @@ def compile(model: Any, example_inputs: Sequence[torch.Tensor] | None = None, *,
         executable = build(optimized, spec)
     metadata = _metadata(graph, spec, loaded.source, report.kernels, report.kernel_launches, str(passes))
     compiled = CompiledModel(executable, metadata, executable)
-    compiled.graph, compiled.report = graph, report
+    compiled.graph, compiled.report, compiled.lowered = graph, report, optimized
     if output is not None:
         with _stage(report, console, "export"):
             compiled.export(output)

@@ -26,19 +26,18 @@ from tvm.s_tir import dlight as dl
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import try_inline_contiguous_spatial
 
-
-def vector_lanes(target) -> int:
-    """fp32 lanes of the target's widest vector registers."""
-    attrs = [str(a) for a in (target.attrs.get("mattr") or [])]
-    if "+avx512f" in attrs:
-        return 16
-    if "+avx2" in attrs or "+avx" in attrs:
-        return 8
-    return 4  # NEON, SSE, or nothing declared
+from .conv_packed import PackedConv2dRule
+from .schedule_common import epilogue_at, largest_divisor, vector_lanes
 
 
-def _largest_divisor(n: int, candidates) -> int:
-    return next((c for c in candidates if c and n % c == 0), 1)
+def _packed_width(sch, block, depth: int, width: int) -> int:
+    """nb when the block reads a weight packed as Bp[j // nb, k, j % nb] (lowering.dense_packed), else 0."""
+    for region in sch.get(block).reads:
+        shape = [int(e) for e in region.source.shape]
+        if (len(shape) == 3 and shape[1] == depth and shape[0] * shape[2] == width
+                and isinstance(region.region[2].min, tirx.FloorMod)):
+            return shape[2]
+    return 0
 
 
 class DenseRule(dl.ScheduleRule):
@@ -64,45 +63,24 @@ class DenseRule(dl.ScheduleRule):
         *batch, i, j, k = sch.get_loops(block)
         lanes = vector_lanes(target)
         m, n = int(sch.get(i).extent), int(sch.get(j).extent)
-        mr = _largest_divisor(m, (4, 2))
-        nr = _largest_divisor(n, (4 * lanes, 2 * lanes, lanes, 8, 4))
+        mr = largest_divisor(m, (4, 2))
+        nr = largest_divisor(n, (4 * lanes, 2 * lanes, lanes, 8, 4))
+        nb = _packed_width(sch, block, int(sch.get(k).extent), n)
+        if nb and nr % nb:
+            nr = nb
         io, ii = sch.split(i, [None, mr])
         jo, ji = sch.split(j, [None, nr])
         sch.reorder(*batch, io, jo, k, ii, ji)
-        _epilogue_at(sch, block, epilogue.block_rv if epilogue is not None else None, jo, len(batch) + 2, nr)
+        if nb and nb < nr:  # one contiguous nb-wide load per panel of the packed weight
+            jv, ji = sch.split(ji, [None, nb])
+            sch.unroll(jv)
+        epilogue_at(sch, block, epilogue.block_rv if epilogue is not None else None, jo, len(batch) + 2, nr)
         sch.parallel(sch.fuse(*batch, io, jo))
         sch.unroll(ii)
         if nr >= 4:
             sch.vectorize(ji)
         sch.decompose_reduction(block, k)  # after every loop annotation (s_tir requires it)
         return sch
-
-
-def _epilogue_at(sch, block, epilogue, loop, depth: int, width: int) -> None:
-    """Compute the epilogue (or a cache of the output) per tile at `loop`, vectorized by `width`.
-
-    The epilogue joins the tile only when it reads the output at its own indices; one that reads
-    through a reshape (a 3-D linear is view, mm, view) would be mis-placed by TVM's
-    reverse_compute_at (wrong results, seen in tests), so the output is cached instead."""
-    if epilogue is None or not _reads_directly(sch, epilogue, block):
-        epilogue = sch.cache_write(block, 0, "global")
-    sch.reverse_compute_at(epilogue, loop)
-    inner = sch.get_loops(epilogue)[depth:]
-    if inner and width >= 4:
-        fused = sch.fuse(*inner) if len(inner) > 1 else inner[0]
-        sch.vectorize(sch.split(fused, [None, width])[1])
-
-
-def _reads_directly(sch, consumer, producer) -> bool:
-    """Does `consumer` read the producer's output exactly at its own iteration indices?"""
-    output = sch.get(producer).writes[0].source  # TVM 0.27: TensorRegion.source is the buffer
-    block = sch.get(consumer)
-    indices = [iv.var for iv in block.iter_vars]
-    for region in block.reads:
-        if region.source.same_as(output):  # unit dims (batch 1) are read at a constant 0
-            mins = [r.min for r in region.region if not isinstance(r.min, tirx.IntImm)]
-            return len(mins) == len(indices) and all(m.same_as(v) for m, v in zip(mins, indices))
-    return False
 
 
 class Conv2dRule(dl.ScheduleRule):
@@ -145,12 +123,12 @@ class Conv2dRule(dl.ScheduleRule):
         *batch, co, oh, ow = loops[:spatial]
         reduction_loops = loops[spatial:]
         lanes = vector_lanes(target)
-        owt = _largest_divisor(int(sch.get(ow).extent), (2 * lanes, lanes, 8, 4, 2))
-        cot = _largest_divisor(int(sch.get(co).extent), (8, 4, 2)) if kinds.endswith("RRR") else 1
+        owt = largest_divisor(int(sch.get(ow).extent), (2 * lanes, lanes, 8, 4, 2))
+        cot = largest_divisor(int(sch.get(co).extent), (8, 4, 2)) if kinds.endswith("RRR") else 1
         coo, coi = sch.split(co, [None, cot])
         owo, owi = sch.split(ow, [None, owt])
         sch.reorder(*batch, coo, oh, owo, *reduction_loops, coi, owi)
-        _epilogue_at(sch, block, after[-1].block_rv if after else None, owo, len(batch) + 3, owt)
+        epilogue_at(sch, block, after[-1].block_rv if after else None, owo, len(batch) + 3, owt)
         sch.parallel(sch.fuse(*batch, coo, oh))
         sch.unroll(coi)
         if owt >= 4:
@@ -163,7 +141,7 @@ class Conv2dRule(dl.ScheduleRule):
 
 
 # First match wins. TVM's own CPU rules follow ours: GEMV (batch-1 dense) and reductions.
-CPU_RULES: list[dl.ScheduleRule] = [DenseRule(), Conv2dRule(), dl.cpu.GEMV(), dl.cpu.Reduction()]
+CPU_RULES: list[dl.ScheduleRule] = [PackedConv2dRule(), DenseRule(), Conv2dRule(), dl.cpu.GEMV(), dl.cpu.Reduction()]
 
 
 def is_scheduled(func) -> bool:

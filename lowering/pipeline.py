@@ -8,6 +8,19 @@ fusion decided here is the one that ships. Schedules and tuning arrive with the 
 from __future__ import annotations
 
 
+def cpu_legalize_map(target) -> dict:
+    """Our legalizations that replace TVM's for CPU targets: conv2d and matmul with weights packed
+    at compile time, exp / erf / tanh / softmax / GELU
+    without libm's scalar calls (lowering.fast_math). FoldConstant runs before them, so a transposed weight is a constant by then."""
+    from .conv_packed import legalize_conv2d
+    from .dense_packed import legalize_matmul
+    from .fast_math import FAST_MATH_LEGALIZATIONS
+
+    if target.kind.name != "llvm":
+        return {}
+    return {"relax.nn.conv2d": legalize_conv2d, "relax.matmul": legalize_matmul, **FAST_MATH_LEGALIZATIONS}
+
+
 def optimize(mod, target):
     """Run the fusion pipeline for `target` (a tvm.target.Target) and return the new IRModule."""
     import tvm
@@ -16,6 +29,8 @@ def optimize(mod, target):
     passes = tvm.transform.Sequential([
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),
+        relax.transform.FoldConstant(),
+        relax.transform.LegalizeOps(customize_legalize_map=cpu_legalize_map(target)),
         relax.get_pipeline("zero"),
     ])
     with target, tvm.transform.PassContext(opt_level=3):
@@ -30,7 +45,8 @@ def legalize_for_regions(mod, target):
 
     passes = tvm.transform.Sequential([
         relax.transform.DecomposeOpsForInference(),
-        relax.transform.LegalizeOps(),
+        relax.transform.FoldConstant(),
+        relax.transform.LegalizeOps(customize_legalize_map=cpu_legalize_map(target)),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
     ])

@@ -9,7 +9,9 @@ import slimgraph
 from slimgraph import ir
 from slimgraph.codegen.targets import resolve_target, x86_host
 from slimgraph.lowering import lower
-from slimgraph.lowering.cpu_schedules import is_scheduled, vector_lanes
+from slimgraph.lowering.cpu_schedules import is_scheduled
+from slimgraph.lowering.conv_packed import channel_block, choose_tile
+from slimgraph.lowering.schedule_common import register_budget, vector_lanes
 
 aten = torch.ops.aten
 
@@ -62,13 +64,16 @@ def test_batched_matmul_is_scheduled_and_exact(batch, m, k, n):
     assert compiled.report.max_abs_diff <= 1e-5
 
 
-def conv_graph(batch, cin, cout, size, kernel, stride, padding, groups):
+AVX2_TARGET = '{"kind": "llvm", "mcpu": "haswell", "mattr": ["+avx2", "+fma"], "num-cores": 2}'
+
+
+def conv_graph(batch, cin, cout, size, kernel, stride, padding, groups, dilation=1):
     builder = ir.GraphBuilder("conv")
     generator = torch.Generator().manual_seed(cin * 100 + cout)
     x = builder.input("x", (batch, cin, size, size + 1), torch.float32)
     w = builder.param("conv.weight", torch.randn(cout, cin // groups, kernel, kernel, generator=generator))
     b = builder.param("conv.bias", torch.randn(cout, generator=generator))
-    y = builder.call(aten.conv2d.default, x, w, b, [stride, stride], [padding, padding], [1, 1], groups)
+    y = builder.call(aten.conv2d.default, x, w, b, [stride, stride], [padding, padding], [dilation, dilation], groups)
     builder.output(builder.call(aten.hardtanh.default, y, 0.0, 6.0))
     return builder.build()
 
@@ -80,14 +85,39 @@ def conv_graph(batch, cin, cout, size, kernel, stride, padding, groups):
     (1, 32, 32, 15, 3, 2, 1, 32),     # depthwise, stride 2
     (1, 8, 12, 10, 1, 1, 0, 1),       # 1x1
     (1, 8, 8, 6, 3, 1, 1, 2),         # grouped
+    (1, 16, 24, 14, 3, 1, 2, 1),      # 24 channels: blocks of 8 with 16 lanes; dilation 2 below
+    (2, 32, 48, 7, 3, 1, 1, 1),       # batch 2, 7 columns
 ])
-def test_conv_rule_matches_the_reference(batch, cin, cout, size, kernel, stride, padding, groups):
-    graph = conv_graph(batch, cin, cout, size, kernel, stride, padding, groups)
-    compiled = slimgraph.compile(graph, check=True)
+@pytest.mark.parametrize("target", ["x86", AVX2_TARGET], ids=["host", "avx2"])
+def test_conv_rule_matches_the_reference(batch, cin, cout, size, kernel, stride, padding, groups, target):
+    dilation = 2 if cout == 24 else 1
+    graph = conv_graph(batch, cin, cout, size, kernel, stride, padding, groups, dilation)
+    compiled = slimgraph.compile(graph, target=target, check=True)
     assert compiled.report.max_abs_diff <= 1e-4
-    _, optimized, _ = lower(graph, x86_host().tvm_target())
+    _, optimized, _ = lower(graph, resolve_target(target).tvm_target())
     convs = [f for gv, f in optimized.functions_items() if isinstance(f, tirx.PrimFunc) and "conv2d" in f.script()]
     assert convs and all(is_scheduled(f) for f in convs)
+    packed = [f for f in convs if "conv2d_packed" in f.script()]
+    assert bool(packed) == (groups == 1)  # weights packed at compile time unless grouped
+
+
+@pytest.mark.parametrize("blocks, width, budget, expected", [
+    (4, 56, 24, (4, 4)), (32, 7, 24, (2, 7)), (16, 14, 24, (2, 7)),
+    (3, 13, 12, (3, 1)), (1, 13, 24, (1, 13)), (1, 1, 12, (1, 1)),
+])
+def test_conv_tile_fits_the_register_budget(blocks, width, budget, expected):
+    v, owt = choose_tile(blocks, width, budget)
+    assert (v, owt) == expected
+    assert v * owt <= budget and blocks % v == 0 and width % owt == 0
+
+
+def test_tiles_come_from_the_target_not_this_machine():
+    avx512 = resolve_target('{"kind": "llvm", "mattr": ["+avx512f"]}').tvm_target()
+    avx2 = resolve_target(AVX2_TARGET).tvm_target()
+    neon = resolve_target('{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}').tvm_target()
+    assert [register_budget(t) for t in (avx512, avx2, neon)] == [24, 12, 24]
+    assert [channel_block(64, vector_lanes(t)) for t in (avx512, avx2, neon)] == [16, 8, 4]
+    assert channel_block(24, 16) == 8 and channel_block(7, 16) == 1
 
 
 def test_vector_width_comes_from_the_target():

@@ -1,0 +1,109 @@
+"""Per-kernel time and fraction of the machine's peak: which kernel is slow, by name.
+
+Each TIR kernel of the lowered module is built on its own and timed with TVM's
+time_evaluator on random inputs of its buffer shapes (`calls` = how often `main` launches it).
+
+    FLOPs     = tvm.s_tir.analysis.estimate_tir_flops(kernel)   (a multiply-add counts 2)
+    GFLOP/s   = FLOPs / seconds per call
+    peak      = cores x FMA units x fp32 lanes x 2 flops x clock (GHz)
+    fraction  = GFLOP/s / peak
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# FMA units per core: 2 on every x86 core with AVX-512 or AVX2 we target and on Neoverse N1/V1;
+# the peak is a ceiling for the ratio, so the common case is taken.
+FMA_UNITS = 2
+
+
+@dataclass
+class KernelTime:
+    name: str
+    calls: int
+    seconds: float  # per call
+    flops: float  # per call
+
+    @property
+    def total_seconds(self) -> float:
+        return self.seconds * self.calls
+
+    @property
+    def gflops(self) -> float:
+        return self.flops / self.seconds / 1e9 if self.seconds > 0 else 0.0
+
+
+def clock_ghz() -> float:
+    """Nominal clock of the host: cpufreq max if the kernel exposes it, else /proc/cpuinfo."""
+    cpufreq = Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
+    if cpufreq.is_file():
+        return int(cpufreq.read_text()) / 1e6
+    try:
+        match = re.search(r"cpu MHz\s*:\s*([\d.]+)", Path("/proc/cpuinfo").read_text())
+    except OSError:
+        match = None
+    return float(match.group(1)) / 1000 if match else 2.0
+
+
+def peak_gflops(target, threads: int | None = None) -> float:
+    """fp32 peak of `threads` cores (default: TVM_NUM_THREADS or the target's num-cores)."""
+    from slimgraph.lowering.schedule_common import vector_lanes
+
+    cores = threads or int(os.environ.get("TVM_NUM_THREADS", 0)) or int(target.attrs.get("num-cores", 1))
+    return cores * FMA_UNITS * vector_lanes(target) * 2 * clock_ghz()
+
+
+def kernel_calls(mod) -> dict[str, int]:
+    """How often `main` calls each kernel."""
+    from tvm import relax
+
+    calls: dict[str, int] = {}
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.call_tir":
+            name = expr.args[0].name_hint
+            calls[name] = calls.get(name, 0) + 1
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return calls
+
+
+def _random_args(func, device):
+    import tvm
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    rng = np.random.default_rng(0)
+    args = []
+    for info in ArgInfo.from_prim_func(func):
+        shape = [int(extent) for extent in info.shape]
+        dtype = str(info.dtype)
+        if dtype.startswith("float"):
+            data = rng.standard_normal(shape).astype(dtype)
+        else:
+            data = rng.integers(0, 4, size=shape).astype(dtype)
+        args.append(tvm.runtime.tensor(data, device))
+    return args
+
+
+def profile_kernels(mod, target, *, min_repeat_ms: int = 50, repeat: int = 3, progress=None) -> list[KernelTime]:
+    """Time every kernel `main` calls; slowest total first. `progress(name)` is called per kernel."""
+    import tvm
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    device = tvm.cpu()
+    results = []
+    for name, calls in kernel_calls(mod).items():
+        if progress is not None:
+            progress(name)
+        func = mod[name].with_attr("global_symbol", "main")
+        kernel_mod = tvm.IRModule({"main": func})
+        executable = tvm.compile(kernel_mod, target)
+        timer = executable.mod.time_evaluator("main", device, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)
+        seconds = float(np.median(timer(*_random_args(func, device)).results))
+        results.append(KernelTime(name, calls, seconds, float(estimate_tir_flops(kernel_mod))))
+    return sorted(results, key=lambda k: -k.total_seconds)

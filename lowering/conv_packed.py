@@ -1,0 +1,151 @@
+"""conv2d with its weights packed at compile time, and the CPU schedule for it.
+
+Legalization (`legalize_conv2d`, used instead of TVM's for fp32 NCHW convs with groups = 1 and
+a constant weight):
+
+    Wp[co // cb, ci, kh, kw, co % cb] = W[co, ci, kh, kw]          (a kernel on a constant:
+                                                                   FoldConstant runs it once)
+    out[n, co, oh, ow] = sum_{ci, kh, kw} pad(x)[n, ci, oh*sh + kh*dh, ow*sw + kw*dw]
+                                          * Wp[co // cb, ci, kh, kw, co % cb]
+
+cb = the target's fp32 vector lanes (16 with AVX-512, 8 with AVX2, 4 with NEON), or the largest
+of 8, 4, 2 that divides the output channels.
+
+Schedule (`PackedConv2dRule`): the output channels are the vector lanes, so every multiply-add
+is `acc[v][t] += broadcast(x[ci, ih, iw_t]) * Wp[cb lanes]`, whatever the stride and width:
+
+    co -> (coo, cv: v blocks, cl: cb lanes),  ow -> (owo, owt)
+    order (n, coo, oh, owo | ci, kh, kw, cv, owt, cl);  (n, coo, oh) parallel
+
+The v x owt accumulators (v * owt vector registers, sized from the target's register file) stay
+in registers over the whole reduction: the output tile is re-laid out as [.., cv, owt, cl] and the
+fused epilogue (bias, residual add, activation) writes it back to NCHW once per tile.
+"""
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir import dlight as dl
+from tvm.s_tir.dlight.analysis import normalize_prim_func
+
+from .schedule_common import reads_directly, register_budget, vector_lanes
+
+PACKED_CONV_BLOCK = "conv2d_packed"
+
+
+def channel_block(out_channels: int, lanes: int) -> int:
+    return next((c for c in (lanes, 8, 4, 2) if out_channels % c == 0), 1)
+
+
+def _pack_weight(weight, block: int):
+    from tvm import te
+
+    out_channels, in_channels, kh, kw = weight.shape
+    return te.compute((out_channels // block, in_channels, kh, kw, block),
+                      lambda o, i, y, x, c: weight[o * block + c, i, y, x], name="packed_weight")
+
+
+def _conv2d_packed(data, packed, strides, padding, dilation):
+    from tvm import te, topi
+
+    batch, in_channels, height, width = data.shape
+    blocks, _, kernel_h, kernel_w, block = packed.shape
+    top, left, bottom, right = padding
+    (stride_h, stride_w), (dilation_h, dilation_w) = strides, dilation
+    out_h = (height + top + bottom - dilation_h * (kernel_h - 1) - 1) // stride_h + 1
+    out_w = (width + left + right - dilation_w * (kernel_w - 1) - 1) // stride_w + 1
+    padded = topi.nn.pad(data, [0, 0, top, left], [0, 0, bottom, right], name="pad_temp") \
+        if any(padding) else data
+    rc = te.reduce_axis((0, in_channels), name="rc")
+    ry = te.reduce_axis((0, kernel_h), name="ry")
+    rx = te.reduce_axis((0, kernel_w), name="rx")
+    return te.compute(
+        (batch, blocks * block, out_h, out_w),
+        lambda n, co, y, x: te.sum(
+            padded[n, rc, y * stride_h + ry * dilation_h, x * stride_w + rx * dilation_w]
+            * packed[co // block, rc, ry, rx, co % block], axis=[rc, ry, rx]),
+        name=PACKED_CONV_BLOCK)
+
+
+def legalize_conv2d(bb, call):
+    """LegalizeOps hook for relax.nn.conv2d (see module docstring); TVM's own otherwise."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.transform.legalize_ops.nn import _nn_conv2d
+
+    attrs = call.attrs
+    data, weight = call.args
+    target = tvm.target.Target.current(allow_none=True)
+    if (target is None or target.kind.name != "llvm" or int(attrs.groups) != 1
+            or attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW" or attrs.out_layout != "NCHW"
+            or not isinstance(weight, tvm.ir.expr.GenericConst) or str(data.ty.dtype) != "float32"
+            or str(weight.ty.dtype) != "float32" or attrs.out_dtype not in ("", "float32")):
+        return _nn_conv2d(bb, call)
+    block = channel_block(int(weight.ty.shape[0]), vector_lanes(target))
+    packed = bb.emit_te(_pack_weight, weight, block, primfunc_name_hint="pack_conv_weight")
+    return bb.call_te(_conv2d_packed, data, packed, [int(s) for s in attrs.strides],
+                      [int(p) for p in attrs.padding], [int(d) for d in attrs.dilation],
+                      primfunc_name_hint="conv2d")
+
+
+def choose_tile(blocks: int, width: int, budget: int) -> tuple[int, int]:
+    """(v channel blocks, owt columns) with v * owt <= budget accumulators, most FMAs per load."""
+    best, best_score = (1, 1), 0.0
+    for v in (4, 3, 2, 1):
+        if blocks % v:
+            continue
+        owt = max((t for t in range(1, min(width, budget // v) + 1) if width % t == 0), default=1)
+        score = v * owt / (v + owt)
+        if score > best_score:
+            best, best_score = (v, owt), score
+    return best
+
+
+class PackedConv2dRule(dl.ScheduleRule):
+    """Schedule for the `conv2d_packed` kernels `legalize_conv2d` makes (module docstring)."""
+
+    name = "conv2d-packed"
+
+    def apply(self, func, target, tunable):
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        reductions = [info for info in infos or [] if info.is_reduction()]
+        if len(reductions) != 1 or not sch.get(reductions[0].block_rv).name_hint.startswith(PACKED_CONV_BLOCK):
+            return None
+        conv = reductions[0]
+        before, after = infos[:infos.index(conv)], infos[infos.index(conv) + 1:]
+        if not all(info.is_injective() for info in before + after):
+            return None
+        for info in after[:-1]:  # the elementwise chain folds into its last block
+            sch.compute_inline(info.block_rv)
+        block = conv.block_rv
+        stmt = sch.get(block)
+        output = stmt.writes[0].source
+        batch, channels, out_h, out_w = (int(e) for e in output.shape)
+        packed = next(r.source for r in stmt.reads if len(r.source.shape) == 5)
+        cb = int(packed.shape[-1])
+        spatial = [iv for iv in stmt.iter_vars if iv.iter_type == 0]
+        if out_h == 1 or out_w == 1 or len(spatial) != 3 + (batch > 1):
+            return None
+        loops = sch.get_loops(block)
+        *batch_loops, co, oh, ow = loops[:len(spatial)]
+        reduction_loops = loops[len(spatial):]
+        v, owt = choose_tile(channels // cb, out_w, register_budget(target))
+        coo, cv, cl = sch.split(co, [None, v, cb])
+        owo, owi = sch.split(ow, [None, owt])
+        sch.reorder(*batch_loops, coo, oh, owo, *reduction_loops, cv, owi, cl)
+        epilogue = after[-1].block_rv if after else None
+        if epilogue is None or not reads_directly(sch, epilogue, block):
+            epilogue = sch.cache_write(block, 0, "global")
+        sch.reverse_compute_at(epilogue, owo)
+        sch.transform_layout(block, ("write", 0), lambda n, c, y, x: (n, c // cb, y, x, c % cb))
+        sch.parallel(sch.fuse(*batch_loops, coo, oh))
+        sch.unroll(cv)
+        sch.unroll(owi)
+        sch.vectorize(cl)
+        for info in before:  # the padding: its own parallel pass
+            pad_loops = sch.get_loops(info.block_rv)
+            sch.parallel(sch.fuse(*pad_loops[:-1]) if len(pad_loops) > 2 else pad_loops[0])
+        sch.decompose_reduction(block, reduction_loops[0])
+        return sch

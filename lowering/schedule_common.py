@@ -1,0 +1,53 @@
+"""What the CPU schedule rules share: the target's vector shape, tile choice, the epilogue."""
+from __future__ import annotations
+
+from tvm import tirx
+
+
+def vector_lanes(target) -> int:
+    """fp32 lanes of the target's widest vector registers."""
+    attrs = [str(a) for a in (target.attrs.get("mattr") or [])]
+    if "+avx512f" in attrs:
+        return 16
+    if "+avx2" in attrs or "+avx" in attrs:
+        return 8
+    return 4  # NEON, SSE, or nothing declared
+
+
+def largest_divisor(n: int, candidates) -> int:
+    return next((c for c in candidates if c and n % c == 0), 1)
+
+
+def epilogue_at(sch, block, epilogue, loop, depth: int, width: int) -> None:
+    """Compute the epilogue (or a cache of the output) per tile at `loop`, vectorized by `width`.
+
+    The epilogue joins the tile only when it reads the output at its own indices; one that reads
+    through a reshape (a 3-D linear is view, mm, view) would be mis-placed by TVM's
+    reverse_compute_at (wrong results, seen in tests), so the output is cached instead."""
+    if epilogue is None or not reads_directly(sch, epilogue, block):
+        epilogue = sch.cache_write(block, 0, "global")
+    sch.reverse_compute_at(epilogue, loop)
+    inner = sch.get_loops(epilogue)[depth:]
+    if inner and width >= 4:
+        fused = sch.fuse(*inner) if len(inner) > 1 else inner[0]
+        sch.vectorize(sch.split(fused, [None, width])[1])
+
+
+def reads_directly(sch, consumer, producer) -> bool:
+    """Does `consumer` read the producer's output exactly at its own iteration indices?"""
+    output = sch.get(producer).writes[0].source  # TVM 0.27: TensorRegion.source is the buffer
+    block = sch.get(consumer)
+    indices = [iv.var for iv in block.iter_vars]
+    for region in block.reads:
+        if region.source.same_as(output):  # unit dims (batch 1) are read at a constant 0
+            mins = [r.min for r in region.region if not isinstance(r.min, tirx.IntImm)]
+            return len(mins) == len(indices) and all(m.same_as(v) for m, v in zip(mins, indices))
+    return False
+
+
+
+def register_budget(target) -> int:
+    """Vector registers the accumulators may take: 24 of the 32 of AVX-512 or NEON, else 12 of 16."""
+    attrs = [str(a) for a in (target.attrs.get("mattr") or [])]
+    triple = str(target.attrs.get("mtriple", ""))
+    return 24 if "+avx512f" in attrs or "+neon" in attrs or triple.startswith("aarch64") else 12
