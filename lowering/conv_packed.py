@@ -19,7 +19,8 @@ is `acc[v][t] += broadcast(x[ci, ih, iw_t]) * Wp[cb lanes]`, whatever the stride
 
 The v x owt accumulators (v * owt vector registers, sized from the target's register file) stay
 in registers over the whole reduction: the output tile is re-laid out as [.., cv, owt, cl] and the
-fused epilogue (bias, residual add, activation) writes it back to NCHW once per tile.
+fused epilogue (bias, residual add, activation) reads it cb lanes at a time and writes it back to
+NCHW once per tile.
 """
 from __future__ import annotations
 
@@ -140,6 +141,11 @@ class PackedConv2dRule(dl.ScheduleRule):
             epilogue = sch.cache_write(block, 0, "global")
         sch.reverse_compute_at(epilogue, owo)
         sch.transform_layout(block, ("write", 0), lambda n, c, y, x: (n, c // cb, y, x, c % cb))
+        channel_loop, column_loop = sch.get_loops(epilogue)[-2:]  # the epilogue reads the tile by lanes too
+        if cb >= 4 and [int(sch.get(loop).extent) for loop in (channel_loop, column_loop)] == [v * cb, owt]:
+            epilogue_blocks, epilogue_lanes = sch.split(channel_loop, [None, cb])
+            sch.reorder(epilogue_blocks, column_loop, epilogue_lanes)
+            sch.vectorize(epilogue_lanes)
         sch.parallel(sch.fuse(*batch_loops, coo, oh))
         sch.unroll(cv)
         sch.unroll(owi)

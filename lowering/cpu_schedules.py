@@ -54,29 +54,37 @@ class DenseRule(dl.ScheduleRule):
         if infos is None or not 1 <= len(infos) <= 2 or not infos[0].is_reduction():
             return None
         kinds = "".join(it.kind for it in infos[0].iters)
-        if not kinds.endswith("SSR") or set(kinds) != {"S", "R"} or kinds.count("R") != 1:
+        if not (kinds.endswith("SSR") or kinds == "SR") or set(kinds) != {"S", "R"} or kinds.count("R") != 1:
             return None
         epilogue = infos[1] if len(infos) == 2 else None
         if epilogue is not None and not epilogue.is_injective():
             return None
         block = infos[0].block_rv
-        *batch, i, j, k = sch.get_loops(block)
+        *outer, j, k = sch.get_loops(block)
         lanes = vector_lanes(target)
-        m, n = int(sch.get(i).extent), int(sch.get(j).extent)
-        mr = largest_divisor(m, (4, 2))
-        nr = largest_divisor(n, (4 * lanes, 2 * lanes, lanes, 8, 4))
+        n = int(sch.get(j).extent)
         nb = _packed_width(sch, block, int(sch.get(k).extent), n)
+        if not outer and not nb:  # one row and no packed weight: a plain row reduction, not a matmul
+            return None
+        nr = largest_divisor(n, (4 * lanes, 2 * lanes, lanes, 8, 4))
         if nb and nr % nb:
             nr = nb
-        io, ii = sch.split(i, [None, mr])
         jo, ji = sch.split(j, [None, nr])
-        sch.reorder(*batch, io, jo, k, ii, ji)
+        rows = []  # (io, ii) when there is more than one row (a batch-1 linear has none)
+        if outer:
+            *batch, i = outer
+            rows = list(sch.split(i, [None, largest_divisor(int(sch.get(i).extent), (4, 2))]))
+        else:
+            batch = []
+        sch.reorder(*batch, *rows[:1], jo, k, *rows[1:], ji)
         if nb and nb < nr:  # one contiguous nb-wide load per panel of the packed weight
             jv, ji = sch.split(ji, [None, nb])
             sch.unroll(jv)
-        epilogue_at(sch, block, epilogue.block_rv if epilogue is not None else None, jo, len(batch) + 2, nr)
-        sch.parallel(sch.fuse(*batch, io, jo))
-        sch.unroll(ii)
+        epilogue_at(sch, block, epilogue.block_rv if epilogue is not None else None, jo,
+                    len(batch) + len(rows[:1]) + 1, nr)
+        sch.parallel(sch.fuse(*batch, *rows[:1], jo))
+        if rows:
+            sch.unroll(rows[1])
         if nr >= 4:
             sch.vectorize(ji)
         sch.decompose_reduction(block, k)  # after every loop annotation (s_tir requires it)
