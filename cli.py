@@ -1,4 +1,4 @@
-"""The `slimgraph` command line: compile, dump, run, bench, passes, models.
+"""The `slimgraph` command line: compile, dump, run, bench, tune, passes, models.
 
 Every failure is one line on stderr (`slimgraph: error: ...`) and a non-zero exit code;
 `--traceback` shows the Python traceback as well.
@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from slimgraph.cli_bench import add_bench_parser
+from slimgraph.cli_tune import add_tune_parser, add_tuning_options, print_tuning_summary, tuning_options
 from slimgraph.ir.errors import SlimgraphError
 
 stdout = Console()
@@ -31,10 +32,11 @@ def _compile(args) -> int:
         stem = Path(str(model)).stem.split(":")[-1]
         Path("out").mkdir(exist_ok=True)
         output = Path("out") / f"{stem}-{args.target if args.target.isidentifier() else 'custom'}.so"
-    compiled = slimgraph.compile(model, target=args.target, pipeline=args.pipeline, output=output,
-                                 dump_dir=args.dump_dir, instruments=_instrument_options(args),
-                                 plugins=args.plugin, check=not args.no_check, bench_runs=args.runs,
-                                 verbose=not args.quiet)
+    with tuning_options(args, args.quiet) as tuning:
+        compiled = slimgraph.compile(model, target=args.target, pipeline=args.pipeline, output=output,
+                                     dump_dir=args.dump_dir, instruments=_instrument_options(args),
+                                     plugins=args.plugin, check=not args.no_check, bench_runs=args.runs,
+                                     verbose=not args.quiet, tuning=tuning)
     library, meta = artifact_paths(output)
     report = compiled.report
     table = Table(title=f"slimgraph compile: {compiled.metadata['model']}", show_header=False)
@@ -46,14 +48,18 @@ def _compile(args) -> int:
     table.add_row("library", f"{library} ({library.stat().st_size / 1024:.0f} KiB), metadata {meta.name}")
     table.add_row("pipeline", compiled.metadata["pipeline"] or "none")
     unscheduled = sum(1 for note in report.lowering_notes if "no schedule rule" in note)
-    table.add_row("kernels", f"{len(report.kernels)} distinct ({len(report.kernels) - unscheduled} scheduled by "
-                             f"rules), {report.kernel_launches} calls per inference")
+    from_database = len(report.tuning.applied) if report.tuning else 0
+    table.add_row("kernels", f"{len(report.kernels)} distinct ({len(report.kernels) - unscheduled - from_database} "
+                             f"scheduled by rules, {from_database} from the tuning database), "
+                             f"{report.kernel_launches} calls per inference")
     table.add_row("compile time", f"{sum(report.stage_seconds.values()):.1f} s")
     if report.max_abs_diff is not None:
         table.add_row(f"max |diff| vs {report.reference}", f"{report.max_abs_diff:.3g}")
     if report.latency:
         table.add_row("latency (median)", f"{report.latency['median_ms']:.3f} ms over {report.latency['runs']} runs")
     stdout.print(table)
+    if args.trials:
+        print_tuning_summary(report.tuning)
     return 0
 
 
@@ -214,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--runs", type=int, default=10, help="timed runs for the latency figure (0: skip)")
     compile_.add_argument("--no-check", action="store_true", help="skip the comparison against the reference")
     compile_.add_argument("--quiet", action="store_true", help="no progress output")
+    add_tuning_options(compile_, "--tune")
     compile_.set_defaults(handler=_compile)
 
     dump = commands.add_parser("dump", help="print a model's IR text and statistics")
@@ -236,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     passes.set_defaults(handler=_passes)
 
     add_bench_parser(commands, _add_pass_options)
+    add_tune_parser(commands, _add_pass_options)
 
     models = commands.add_parser("models", help="list the built-in reference models")
     models.set_defaults(handler=_models)

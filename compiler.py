@@ -27,6 +27,7 @@ from slimgraph.codegen.targets import TargetSpec, resolve_target
 from slimgraph.lowering import kernel_launches, kernel_names, lower
 from slimgraph.model_source import LoadedModel, load_model
 from slimgraph.rewrites import InstrumentOptions, PassManager, load_plugin, parse_pipeline, trace_rules
+from slimgraph.lowering.tuning import TuningOptions, TuningReport
 from slimgraph.rewrites.manager import PassRecord
 from slimgraph.runtime import CompiledModel
 
@@ -41,6 +42,7 @@ class CompileReport:
     latency: dict | None = None
     passes: list[PassRecord] = field(default_factory=list)
     lowering_notes: list[str] = field(default_factory=list)  # e.g. regions left to separate kernels
+    tuning: TuningReport | None = None  # kernels from the tuning database, tuned this time
 
 
 @contextmanager
@@ -88,7 +90,7 @@ def compile(model: Any, example_inputs: Sequence[torch.Tensor] | None = None, *,
             pipeline: str = "default", output: str | os.PathLike | None = None,
             dump_dir: str | os.PathLike | None = None, instruments: InstrumentOptions | None = None,
             plugins: Sequence[str | os.PathLike] = (), name: str | None = None, check: bool = True,
-            bench_runs: int = 0, verbose: bool = False) -> CompiledModel:
+            bench_runs: int = 0, verbose: bool = False, tuning: TuningOptions | None = None) -> CompiledModel:
     """Compile `model` for `target`; see docs/user-guide.md. Returns a callable CompiledModel.
 
     `model`: nn.Module (with `example_inputs`), ir.Graph, .onnx / .ir path, `file.py:factory`,
@@ -96,6 +98,8 @@ def compile(model: Any, example_inputs: Sequence[torch.Tensor] | None = None, *,
     for no passes). `output`: write `output.so` + `output.json` (atomically). `dump_dir`: one IR
     file per pass plus the Relax module before/after optimization. `instruments`: what the pass
     manager prints, checks and times (also SLIMGRAPH_PASS_DEBUG). `plugins`: files registering passes.
+    `tuning`: MetaSchedule trials and the tuning database (default: apply the database in the user's
+    cache directory, no search; see docs/tuning.md).
     """
     console = Console(stderr=True) if verbose else None
     report = CompileReport()
@@ -116,8 +120,12 @@ def compile(model: Any, example_inputs: Sequence[torch.Tensor] | None = None, *,
             manager = PassManager(passes, options.build(inputs=loaded.example_inputs), repro_dir=options.dump_dir)
             result = manager.run(graph)
             graph, report.passes = result.graph, result.records
-    with _stage(report, console, f"lower and optimize for {spec.name}"):
-        mod, optimized, report.lowering_notes = lower(graph, spec.tvm_target())
+    tuning = tuning or TuningOptions()
+    label = f"tune ({tuning.trials} trials) and lower for {spec.name}" if tuning.trials else \
+        f"lower and optimize for {spec.name}"
+    with _stage(report, console, label):
+        mod, optimized, report.lowering_notes = lower(graph, spec.tvm_target(), tuning)
+        report.tuning = tuning.report
         report.kernels, report.kernel_launches = kernel_names(optimized), kernel_launches(optimized)
     if options.dump_dir is not None:
         _dump(Path(options.dump_dir), mod, optimized)

@@ -90,20 +90,27 @@ def _random_args(func, device):
     return args
 
 
+def time_kernel(func, target, *, min_repeat_ms: int = 50, repeat: int = 3) -> float:
+    """Median seconds per call of one TIR kernel, built alone, on random inputs."""
+    import tvm
+
+    device = tvm.cpu()
+    func = func.with_attr("global_symbol", "main")
+    executable = tvm.compile(tvm.IRModule({"main": func}), target)
+    timer = executable.mod.time_evaluator("main", device, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)
+    return float(np.median(timer(*_random_args(func, device)).results))
+
+
 def profile_kernels(mod, target, *, min_repeat_ms: int = 50, repeat: int = 3, progress=None) -> list[KernelTime]:
     """Time every kernel `main` calls; slowest total first. `progress(name)` is called per kernel."""
     import tvm
     from tvm.s_tir.analysis import estimate_tir_flops
 
-    device = tvm.cpu()
     results = []
     for name, calls in kernel_calls(mod).items():
         if progress is not None:
             progress(name)
-        func = mod[name].with_attr("global_symbol", "main")
-        kernel_mod = tvm.IRModule({"main": func})
-        executable = tvm.compile(kernel_mod, target)
-        timer = executable.mod.time_evaluator("main", device, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)
-        seconds = float(np.median(timer(*_random_args(func, device)).results))
-        results.append(KernelTime(name, calls, seconds, float(estimate_tir_flops(kernel_mod))))
+        seconds = time_kernel(mod[name], target, min_repeat_ms=min_repeat_ms, repeat=repeat)
+        flops = float(estimate_tir_flops(tvm.IRModule({"main": mod[name]})))
+        results.append(KernelTime(name, calls, seconds, flops))
     return sorted(results, key=lambda k: -k.total_seconds)

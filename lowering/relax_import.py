@@ -41,10 +41,12 @@ def normalize_negative_indices(graph: Graph) -> Graph:
     return graph
 
 
-def lower(graph: Graph, target):
+def lower(graph: Graph, target, tuning=None):
     """(imported Relax module, optimized module, notes). When the `fuse` pass marked regions, each
     region becomes one kernel (lowering.regions); otherwise TVM's FuseOps decides the fusion.
-    Then the CPU schedule rules (lowering.cpu_schedules) schedule the kernels they know."""
+    Then `tuning` (lowering.tuning.TuningOptions; None = the default database, no search) searches
+    and / or applies database schedules, and the CPU schedule rules (lowering.cpu_schedules)
+    schedule the other kernels they know."""
     from .pipeline import fuse_regions, legalize_for_regions, optimize
     from slimgraph.ir.text import REGION
 
@@ -55,7 +57,7 @@ def lower(graph: Graph, target):
     region_of = {n.name: n.meta[REGION] for n in graph.fx_graph.nodes if n.meta.get(REGION) is not None}
     if not region_of:
         imported = to_relax(graph)
-        scheduled, notes = schedule_cpu(optimize(imported, target), target)
+        scheduled, notes = schedule_cpu(_tuned(optimize(imported, target), target, tuning), target)
         return imported, scheduled, notes
     graph = normalize_negative_indices(graph)
     try:
@@ -64,8 +66,20 @@ def lower(graph: Graph, target):
         raise _unsupported(graph, exc) from exc
     var_region = {var: region_of[node] for var, node in origins.items() if node in region_of}
     outlined, notes = outline_regions(legalize_for_regions(imported, target), var_region)
-    scheduled, unscheduled = schedule_cpu(fuse_regions(outlined, target), target)
+    scheduled, unscheduled = schedule_cpu(_tuned(fuse_regions(outlined, target), target, tuning), target)
     return imported, scheduled, notes + unscheduled
+
+
+def _tuned(mod, target, tuning):
+    """Search (if asked) and apply the tuning database to the fused, unscheduled module."""
+    from .tuning import TuningOptions, apply_database, tune
+
+    if target.kind.name != "llvm":
+        return mod
+    tuning = tuning or TuningOptions()
+    if tuning.trials > 0:
+        tune(mod, target, tuning)
+    return apply_database(mod, target, tuning)
 
 
 def _example_inputs(graph: Graph) -> tuple[torch.Tensor, ...]:

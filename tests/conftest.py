@@ -31,3 +31,17 @@ def onnx_file(name: str, folder: str) -> str:
 @pytest.fixture(scope="session")
 def onnx_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("onnx"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_tuning_database(tmp_path_factory):
+    """Tests never read or write the user's tuning database (~/.cache/slimgraph/tuning)."""
+    import os
+
+    previous = os.environ.get("SLIMGRAPH_TUNING_DB")
+    os.environ["SLIMGRAPH_TUNING_DB"] = str(tmp_path_factory.mktemp("tuning-db"))
+    yield
+    if previous is None:
+        os.environ.pop("SLIMGRAPH_TUNING_DB", None)
+    else:
+        os.environ["SLIMGRAPH_TUNING_DB"] = previous

@@ -1,0 +1,190 @@
+"""MetaSchedule tuning on top of the schedule rules, with a database on disk that later compiles reuse.
+
+    tune:  for every kernel of the fused (unscheduled) module
+             1. the rule schedule (lowering.cpu_schedules) is measured and committed to the database,
+                so the database's best is never worse than the rules and the evolutionary search
+                starts from it (it seeds its population with the database's best records);
+             2. MetaSchedule searches, `trials` candidates in all, split by TVM's gradient task scheduler.
+    apply: every kernel whose workload (the PrimFunc, structurally hashed) has a record gets the
+           database's best schedule; the rest get the rules. No search happens.
+
+Traps handled here, not by the user (see docs/tuning.md): apache-tvm-ffi is pinned to 0.1.14.post1
+(0.1.15 crashes TVM's serialization, and with it the database); the builder's default 30 s timeout is
+shorter than a worker's first `import tvm.s_tir.tensor_intrin`, so workers import it up front and get
+300 s; the xgb cost model needs xgboost (xgboost-cpu) and the runner psutil, both dependencies.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from slimgraph.ir.errors import SlimgraphError
+
+BUILD_TIMEOUT_SECONDS = 300
+
+
+class TuningError(SlimgraphError):
+    """The tuning database cannot be opened or written."""
+
+
+def default_database_dir() -> Path:
+    """$SLIMGRAPH_TUNING_DB, else $XDG_CACHE_HOME/slimgraph/tuning, else ~/.cache/slimgraph/tuning."""
+    if os.environ.get("SLIMGRAPH_TUNING_DB"):
+        return Path(os.environ["SLIMGRAPH_TUNING_DB"])
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "slimgraph" / "tuning"
+
+
+@dataclass
+class TuningReport:
+    applied: list[str] = field(default_factory=list)  # kernels scheduled from the database
+    tuned: dict[str, float] = field(default_factory=dict)  # kernel -> best seconds after tuning
+    rule_seconds: dict[str, float] = field(default_factory=dict)  # kernel -> rule schedule's seconds
+
+
+@dataclass
+class TuningOptions:
+    trials: int = 0  # MetaSchedule candidates in all; 0 = only apply what the database holds
+    database: Path | None = None  # None: default_database_dir(); use_database=False ignores it
+    use_database: bool = True
+    seed: int = 0
+    progress: Callable | None = None  # progress(kernel, trials_done, best_seconds) during the search
+    report: TuningReport = field(default_factory=TuningReport)  # filled by tune / apply_database
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.database) if self.database is not None else default_database_dir()
+
+
+def _workload(func):
+    import tvm
+
+    return tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+
+
+def open_database(directory: Path):
+    from tvm.s_tir import meta_schedule as ms
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TuningError(f"tuning database '{directory}' cannot be created: {exc.strerror}") from exc
+    try:
+        return ms.database.JSONDatabase(work_dir=str(directory), allow_missing=True)
+    except Exception as exc:  # noqa: BLE001 - TVM raises its own error types for unreadable JSON
+        first = (str(exc).strip().splitlines() or ["unreadable"])[-1]
+        raise TuningError(f"tuning database '{directory}' is unreadable (delete it or pass --no-db): {first}") from exc
+
+
+def kernels(mod) -> dict[str, object]:
+    """The unscheduled TIR kernels of a fused module, by name."""
+    from tvm import tirx
+
+    from .cpu_schedules import is_scheduled
+
+    return {gv.name_hint: f for gv, f in mod.functions_items()
+            if isinstance(f, tirx.PrimFunc) and not is_scheduled(f)}
+
+
+def apply_database(mod, target, options: TuningOptions):
+    """Give every kernel the database holds a record for its best schedule (marked scheduled)."""
+    directory = options.directory
+    if not options.use_database or not (directory / "database_workload.json").is_file():
+        return mod
+    database = open_database(directory)
+    for name, func in kernels(mod).items():
+        schedule = database.query_schedule(_workload(func), target, workload_name="main")
+        if schedule is not None:
+            mod[name] = schedule.mod["main"].with_attr("tirx.is_scheduled", True).without_attr("global_symbol")
+            options.report.applied.append(name)
+    return mod
+
+
+def _measure_rule_schedules(database, funcs: dict, target, report: TuningReport) -> None:
+    """Commit each kernel's rule schedule, timed, as a tuning record (the search's starting point)."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from .cpu_schedules import CPU_RULES
+    from slimgraph.codegen.kernel_profile import time_kernel
+
+    for name, func in funcs.items():
+        workload_mod = _workload(func)
+        schedule = next((s for rule in CPU_RULES if (s := rule.apply(workload_mod["main"], target, False))), None)
+        if schedule is None or schedule.trace is None:
+            continue
+        seconds = time_kernel(schedule.mod["main"], target)
+        report.rule_seconds[name] = seconds
+        workload = database.commit_workload(workload_mod)
+        database.commit_tuning_record(ms.database.TuningRecord(
+            schedule.trace, workload, [tvm.tirx.FloatImm("float64", seconds)], target,
+            ms.arg_info.ArgInfo.from_prim_func(workload_mod["main"])))
+
+
+def _import_tensor_intrinsics() -> None:  # builder workers: before the first build, not inside its timeout
+    import tvm.s_tir.tensor_intrin  # noqa: F401
+
+
+def tune(mod, target, options: TuningOptions) -> None:
+    """Search schedules for the module's kernels and store them in the database (module docstring)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    funcs = kernels(mod)
+    if not funcs or options.trials <= 0:
+        return
+    directory = options.directory
+    database = open_database(directory)
+    with target:
+        _measure_rule_schedules(database, funcs, target, options.report)
+    calls = _call_counts(mod)
+    names = list(funcs)
+    contexts = [ms.TuneContext(mod=_workload(funcs[n]), target=target, space_generator="post-order-apply",
+                               search_strategy="evolutionary", task_name=n, num_threads="physical",
+                               rand_state=options.seed) for n in names]
+    callbacks = ms.MeasureCallback.create("default")
+    if options.progress is not None:
+        callbacks = [*callbacks, _ProgressCallback(names, options.progress)]
+    ms.tune_tasks(
+        tasks=contexts, task_weights=[float(calls.get(n, 1)) for n in names], work_dir=str(directory),
+        max_trials_global=options.trials, num_trials_per_iter=min(64, max(options.trials, 2)),
+        builder=ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_SECONDS, initializer=_import_tensor_intrinsics),
+        runner=ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1,
+                                                                                min_repeat_ms=20)),
+        database=database, cost_model="xgb", measure_callbacks=callbacks)
+    for name in names:
+        records = database.get_top_k(database.commit_workload(_workload(funcs[name])), 1)
+        if records:
+            options.report.tuned[name] = float(sum(float(s) for s in records[0].run_secs) / len(records[0].run_secs))
+
+
+def _call_counts(mod) -> dict[str, int]:
+    from slimgraph.codegen.kernel_profile import kernel_calls
+
+    return kernel_calls(mod)
+
+
+def _progress_callback_class():
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+    from tvm.ir.utils import derived_object
+
+    @derived_object
+    class ProgressCallback(PyMeasureCallback):
+        def __init__(self, names, report):
+            self.names, self.report, self.done, self.best = names, report, {}, {}
+
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            name = self.names[task_id]
+            for result in runner_results:
+                if result.run_secs:
+                    seconds = sum(float(s) for s in result.run_secs) / len(result.run_secs)
+                    self.best[name] = min(self.best.get(name, seconds), seconds)
+            self.done[name] = self.done.get(name, 0) + len(measure_candidates)
+            self.report(name, self.done[name], self.best.get(name))
+
+    return ProgressCallback
+
+
+def _ProgressCallback(names, report):
+    return _progress_callback_class()(names, report)
