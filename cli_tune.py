@@ -26,7 +26,7 @@ def add_tuning_options(parser: argparse.ArgumentParser, trials_flag: str) -> Non
 @contextmanager
 def tuning_options(args, quiet: bool):
     """TuningOptions from the flags, with a progress display (one line per kernel) while searching."""
-    from slimgraph.lowering.tuning import TuningOptions
+    from slimgraph.codegen.tuning import TuningOptions
 
     options = TuningOptions(trials=args.trials, database=Path(args.db) if args.db else None,
                             use_database=not args.no_db)

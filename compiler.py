@@ -27,7 +27,7 @@ from slimgraph.codegen.targets import TargetSpec, resolve_target
 from slimgraph.lowering import kernel_launches, kernel_names, lower
 from slimgraph.model_source import LoadedModel, load_model
 from slimgraph.rewrites import InstrumentOptions, PassManager, load_plugin, parse_pipeline, trace_rules
-from slimgraph.lowering.tuning import TuningOptions, TuningReport
+from slimgraph.codegen.tuning import TuningOptions, TuningReport, tune_and_apply
 from slimgraph.rewrites.manager import PassRecord
 from slimgraph.runtime import CompiledModel
 
@@ -124,7 +124,9 @@ def compile(model: Any, example_inputs: Sequence[torch.Tensor] | None = None, *,
     label = f"tune ({tuning.trials} trials) and lower for {spec.name}" if tuning.trials else \
         f"lower and optimize for {spec.name}"
     with _stage(report, console, label):
-        mod, optimized, report.lowering_notes = lower(graph, spec.tvm_target(), tuning)
+        target = spec.tvm_target()
+        mod, optimized, report.lowering_notes = lower(
+            graph, target, before_rules=lambda fused: tune_and_apply(fused, target, tuning))
         report.tuning = tuning.report
         report.kernels, report.kernel_launches = kernel_names(optimized), kernel_launches(optimized)
     if options.dump_dir is not None:

@@ -31,6 +31,7 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 from .schedule_common import reads_directly, register_budget, vector_lanes
 
 PACKED_CONV_BLOCK = "conv2d_packed"
+LANES_ATTR = "slimgraph.lanes"  # block annotation: the channel block cb that the vector lanes cover
 
 
 def channel_block(out_channels: int, lanes: int) -> int:
@@ -64,7 +65,7 @@ def _conv2d_packed(data, packed, strides, padding, dilation):
         lambda n, co, y, x: te.sum(
             padded[n, rc, y * stride_h + ry * dilation_h, x * stride_w + rx * dilation_w]
             * packed[co // block, rc, ry, rx, co % block], axis=[rc, ry, rx]),
-        name=PACKED_CONV_BLOCK)
+        name=PACKED_CONV_BLOCK, attrs={LANES_ATTR: block})
 
 
 def legalize_conv2d(bb, call):
@@ -76,11 +77,15 @@ def legalize_conv2d(bb, call):
     attrs = call.attrs
     data, weight = call.args
     target = tvm.target.Target.current(allow_none=True)
-    if (target is None or target.kind.name != "llvm" or int(attrs.groups) != 1
+    from .depthwise_packed import emit_depthwise, wants_blocked_depthwise
+
+    if (target is None or target.kind.name != "llvm" or (int(attrs.groups) != 1 and not wants_blocked_depthwise(call))
             or attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW" or attrs.out_layout != "NCHW"
             or not isinstance(weight, tvm.ir.expr.GenericConst) or str(data.ty.dtype) != "float32"
             or str(weight.ty.dtype) != "float32" or attrs.out_dtype not in ("", "float32")):
         return _nn_conv2d(bb, call)
+    if int(attrs.groups) != 1:
+        return emit_depthwise(bb, call, vector_lanes(target))
     block = channel_block(int(weight.ty.shape[0]), vector_lanes(target))
     packed = bb.emit_te(_pack_weight, weight, block, primfunc_name_hint="pack_conv_weight")
     return bb.call_te(_conv2d_packed, data, packed, [int(s) for s in attrs.strides],
@@ -124,8 +129,9 @@ class PackedConv2dRule(dl.ScheduleRule):
         stmt = sch.get(block)
         output = stmt.writes[0].source
         batch, channels, out_h, out_w = (int(e) for e in output.shape)
-        packed = next(r.source for r in stmt.reads if len(r.source.shape) == 5)
-        cb = int(packed.shape[-1])
+        if LANES_ATTR not in stmt.annotations:
+            return None
+        cb = int(stmt.annotations[LANES_ATTR])
         spatial = [iv for iv in stmt.iter_vars if iv.iter_type == 0]
         if out_h == 1 or out_w == 1 or len(spatial) != 3 + (batch > 1):
             return None

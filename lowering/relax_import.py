@@ -8,6 +8,7 @@ normalised first: TVM lowers `select(x, 0, -1)` into an unchecked out-of-bounds 
 from __future__ import annotations
 
 import re
+from typing import Callable
 
 import torch
 
@@ -41,12 +42,12 @@ def normalize_negative_indices(graph: Graph) -> Graph:
     return graph
 
 
-def lower(graph: Graph, target, tuning=None):
+def lower(graph: Graph, target, before_rules: Callable | None = None):
     """(imported Relax module, optimized module, notes). When the `fuse` pass marked regions, each
     region becomes one kernel (lowering.regions); otherwise TVM's FuseOps decides the fusion.
-    Then `tuning` (lowering.tuning.TuningOptions; None = the default database, no search) searches
-    and / or applies database schedules, and the CPU schedule rules (lowering.cpu_schedules)
-    schedule the other kernels they know."""
+    Then `before_rules(fused module)` may schedule kernels first (the compiler passes the tuning
+    database, codegen.tuning), and the CPU schedule rules (lowering.cpu_schedules) schedule the
+    other kernels they know."""
     from .pipeline import fuse_regions, legalize_for_regions, optimize
     from slimgraph.ir.text import REGION
 
@@ -57,7 +58,7 @@ def lower(graph: Graph, target, tuning=None):
     region_of = {n.name: n.meta[REGION] for n in graph.fx_graph.nodes if n.meta.get(REGION) is not None}
     if not region_of:
         imported = to_relax(graph)
-        scheduled, notes = schedule_cpu(_tuned(optimize(imported, target), target, tuning), target)
+        scheduled, notes = schedule_cpu(_hook(optimize(imported, target), before_rules), target)
         return imported, scheduled, notes
     graph = normalize_negative_indices(graph)
     try:
@@ -66,20 +67,12 @@ def lower(graph: Graph, target, tuning=None):
         raise _unsupported(graph, exc) from exc
     var_region = {var: region_of[node] for var, node in origins.items() if node in region_of}
     outlined, notes = outline_regions(legalize_for_regions(imported, target), var_region)
-    scheduled, unscheduled = schedule_cpu(_tuned(fuse_regions(outlined, target), target, tuning), target)
+    scheduled, unscheduled = schedule_cpu(_hook(fuse_regions(outlined, target), before_rules), target)
     return imported, scheduled, notes + unscheduled
 
 
-def _tuned(mod, target, tuning):
-    """Search (if asked) and apply the tuning database to the fused, unscheduled module."""
-    from .tuning import TuningOptions, apply_database, tune
-
-    if target.kind.name != "llvm":
-        return mod
-    tuning = tuning or TuningOptions()
-    if tuning.trials > 0:
-        tune(mod, target, tuning)
-    return apply_database(mod, target, tuning)
+def _hook(mod, before_rules):
+    return before_rules(mod) if before_rules is not None else mod
 
 
 def _example_inputs(graph: Graph) -> tuple[torch.Tensor, ...]:

@@ -3,7 +3,7 @@ import json
 import time
 
 import slimgraph
-from slimgraph.lowering.tuning import TuningOptions, default_database_dir
+from slimgraph.codegen.tuning import TuningOptions, default_database_dir
 
 from .test_cli import run_cli
 

@@ -3,10 +3,13 @@
     python -m slimgraph.tests.bench.bench_models [--models resnet18,bert_encoder] [--runs 20]
                                                  [--markdown docs/benchmarks.md]
 
-Median latency (ms, batch 1) per engine, and each engine's ratio to slimgraph (> 1 means
-slimgraph is faster). "plain TVM" is TVM's own torch importer and default CPU build with no
-slimgraph stage in between; "slimgraph, no passes" is `--pipeline none`, "slimgraph" the
-default pipeline; the kernel calls per inference of both are listed too. A benchmark, not a test: run it by hand, on a quiet machine.
+Median latency (ms, batch 1) per engine, and each engine's ratio to ONNX Runtime fp32 with the
+same thread count (< 1 means faster than ORT). "plain TVM" is TVM's own torch importer and default
+CPU build with no slimgraph stage in between; "slimgraph, no passes" is `--pipeline none`;
+"slimgraph rules" the default pipeline with rule schedules only (no tuning database);
+"slimgraph tuned" the same with the tuning database (--db, default: the user's cache) where it
+holds records for the model's kernels ("-" when it holds none). Kernel calls per inference are
+listed too. A benchmark, not a test: run it by hand, on a quiet machine.
 """
 from __future__ import annotations
 
@@ -28,9 +31,11 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 import slimgraph  # noqa: E402
+from slimgraph.codegen.tuning import TuningOptions  # noqa: E402
 from slimgraph.models import REFERENCE_MODELS, reference_model  # noqa: E402
 
-ENGINES = ["PyTorch eager", "torch.compile", "ONNX Runtime", "plain TVM", "slimgraph, no passes", "slimgraph"]
+ENGINES = ["PyTorch eager", "torch.compile", "ONNX Runtime", "plain TVM", "slimgraph, no passes", "slimgraph rules",
+           "slimgraph tuned"]
 
 
 def median_ms(fn, runs: int, warmup: int = 2) -> float:
@@ -44,7 +49,7 @@ def median_ms(fn, runs: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
-def bench_model(name: str, runs: int, use_torch_compile: bool, folder: str) -> dict[str, float]:
+def bench_model(name: str, runs: int, use_torch_compile: bool, folder: str, database) -> dict[str, float]:
     module, inputs = reference_model(name)
     results: dict[str, float] = {}
     with torch.no_grad():
@@ -65,8 +70,12 @@ def bench_model(name: str, runs: int, use_torch_compile: bool, folder: str) -> d
 
     results["plain TVM"] = plain_tvm_latency(module, inputs, runs)
     arrays = [t.numpy() for t in inputs]
-    for engine, pipeline in (("slimgraph, no passes", "none"), ("slimgraph", "default")):
-        compiled = slimgraph.compile(module, inputs, name=name, pipeline=pipeline, check=False)
+    for engine, pipeline, use_database in (("slimgraph, no passes", "none", False),
+                                           ("slimgraph rules", "default", False), ("slimgraph tuned", "default", True)):
+        tuning = TuningOptions(database=database, use_database=use_database)
+        compiled = slimgraph.compile(module, inputs, name=name, pipeline=pipeline, check=False, tuning=tuning)
+        if use_database and not tuning.report.applied:
+            continue
         results[engine] = compiled.benchmark(arrays, repeat=runs)["median_ms"]
         results[f"{engine} kernel calls"] = compiled.report.kernel_launches
     return results
@@ -104,6 +113,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--no-torch-compile", action="store_true")
     parser.add_argument("--markdown", help="also write the table as markdown to this file")
+    parser.add_argument("--db", help="tuning database for the 'slimgraph tuned' column (default: the user's cache)")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     engines = [e for e in ENGINES if not (args.no_torch_compile and e == "torch.compile")]
@@ -111,8 +121,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for name in args.models.split(","):
             Console(stderr=True).print(f"benchmarking {name} ...")
-            rows[name] = bench_model(name, args.runs, not args.no_torch_compile, folder)
-    table = Table(title=f"median latency, ms (ratio = engine / slimgraph) on {machine_description()}")
+            rows[name] = bench_model(name, args.runs, not args.no_torch_compile, folder, args.db)
+    table = Table(title=f"median latency, ms (ratio = engine / ONNX Runtime) on {machine_description()}")
     table.add_column("model")
     for engine in engines:
         table.add_column(engine, justify="right")
@@ -120,8 +130,9 @@ def main() -> None:
     lines = ["| model | " + " | ".join(engines) + " | kernel calls (none -> default) |",
              "|---" * (len(engines) + 2) + "|"]
     for name, result in rows.items():
-        cells = [f"{result[e]:.2f} ({result[e] / result['slimgraph']:.2f}x)" for e in engines]
-        cells.append(f"{result['slimgraph, no passes kernel calls']} -> {result['slimgraph kernel calls']}")
+        ort = result["ONNX Runtime"]
+        cells = [f"{result[e]:.2f} ({result[e] / ort:.2f}x)" if e in result else "-" for e in engines]
+        cells.append(f"{result['slimgraph, no passes kernel calls']} -> {result['slimgraph rules kernel calls']}")
         table.add_row(name, *cells)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     Console().print(table)

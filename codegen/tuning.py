@@ -82,7 +82,7 @@ def kernels(mod) -> dict[str, object]:
     """The unscheduled TIR kernels of a fused module, by name."""
     from tvm import tirx
 
-    from .cpu_schedules import is_scheduled
+    from slimgraph.lowering.cpu_schedules import is_scheduled
 
     return {gv.name_hint: f for gv, f in mod.functions_items()
             if isinstance(f, tirx.PrimFunc) and not is_scheduled(f)}
@@ -107,8 +107,9 @@ def _measure_rule_schedules(database, funcs: dict, target, report: TuningReport)
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    from .cpu_schedules import CPU_RULES
-    from slimgraph.codegen.kernel_profile import time_kernel
+    from slimgraph.lowering.cpu_schedules import CPU_RULES
+
+    from .kernel_profile import time_kernel
 
     for name, func in funcs.items():
         workload_mod = _workload(func)
@@ -159,8 +160,17 @@ def tune(mod, target, options: TuningOptions) -> None:
             options.report.tuned[name] = float(sum(float(s) for s in records[0].run_secs) / len(records[0].run_secs))
 
 
+def tune_and_apply(mod, target, options: TuningOptions):
+    """The compiler's hook before the schedule rules: search (if trials > 0), then apply the database."""
+    if target.kind.name != "llvm":
+        return mod
+    if options.trials > 0:
+        tune(mod, target, options)
+    return apply_database(mod, target, options)
+
+
 def _call_counts(mod) -> dict[str, int]:
-    from slimgraph.codegen.kernel_profile import kernel_calls
+    from .kernel_profile import kernel_calls
 
     return kernel_calls(mod)
 
