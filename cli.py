@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--runs", type=int, default=10, help="timed runs for the latency figure (0: skip)")
     compile_.add_argument("--no-check", action="store_true", help="skip the comparison against the reference")
     compile_.add_argument("--quiet", action="store_true", help="no progress output")
-    add_tuning_options(compile_, "--tune")
+    add_tuning_options(compile_, "--tune", default_trials=0)
     compile_.set_defaults(handler=_compile)
 
     dump = commands.add_parser("dump", help="print a model's IR text and statistics")

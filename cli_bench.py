@@ -13,7 +13,8 @@ stderr = Console(stderr=True)
 
 def bench(args) -> int:
     import slimgraph
-    from slimgraph.codegen.kernel_profile import kernel_calls, peak_gflops, profile_kernels
+    from slimgraph.codegen.kernel_profile import peak_gflops, profile_kernels
+    from slimgraph.lowering import kernel_calls
     from slimgraph.models import DEFAULT_MODEL
 
     compiled = slimgraph.compile(args.model or DEFAULT_MODEL, target=args.target, pipeline=args.pipeline,

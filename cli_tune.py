@@ -13,11 +13,10 @@ stdout = Console()
 stderr = Console(stderr=True)
 
 
-def add_tuning_options(parser: argparse.ArgumentParser, trials_flag: str) -> None:
+def add_tuning_options(parser: argparse.ArgumentParser, trials_flag: str, default_trials: int) -> None:
     group = parser.add_argument_group("tuning (MetaSchedule; see docs/tuning.md)")
-    group.add_argument(trials_flag, dest="trials", type=int, default=0 if trials_flag == "--tune" else 200,
-                       metavar="TRIALS", help="MetaSchedule candidates to measure, over all kernels"
-                                              + (" (default 0: no search)" if trials_flag == "--tune" else ""))
+    group.add_argument(trials_flag, dest="trials", type=int, default=default_trials, metavar="TRIALS",
+                       help=f"MetaSchedule candidates to measure, over all kernels (default {default_trials})")
     group.add_argument("--db", help="tuning database directory (default: $SLIMGRAPH_TUNING_DB or "
                                     "~/.cache/slimgraph/tuning)")
     group.add_argument("--no-db", action="store_true", help="ignore the tuning database: rule schedules only")
@@ -26,8 +25,11 @@ def add_tuning_options(parser: argparse.ArgumentParser, trials_flag: str) -> Non
 @contextmanager
 def tuning_options(args, quiet: bool):
     """TuningOptions from the flags, with a progress display (one line per kernel) while searching."""
-    from slimgraph.codegen.tuning import TuningOptions
+    from slimgraph.codegen.tuning import TuningError, TuningOptions
 
+    if args.trials < (1 if args.command == "tune" else 0):
+        flag = "--trials" if args.command == "tune" else "--tune"
+        raise TuningError(f"{flag} must be {'at least 1' if args.command == 'tune' else '0 or more'}, got {args.trials}")
     options = TuningOptions(trials=args.trials, database=Path(args.db) if args.db else None,
                             use_database=not args.no_db)
     if options.trials <= 0 or quiet:
@@ -90,7 +92,7 @@ def add_tune_parser(commands, add_pass_options) -> None:
     parser.add_argument("model", nargs="?", help="built-in name, model.onnx, dump.ir or file.py:factory")
     parser.add_argument("--target", default="x86", help="preset (x86) or TVM target JSON / .json file")
     add_pass_options(parser, default_pipeline="default")
-    add_tuning_options(parser, "--trials")
+    add_tuning_options(parser, "--trials", default_trials=200)
     parser.add_argument("--runs", type=int, default=20, help="timed runs of the tuned model (0: skip)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.set_defaults(handler=tune)

@@ -24,10 +24,10 @@ from slimgraph import ir
 from slimgraph.codegen.artifact import check_writable
 from slimgraph.codegen.build import build
 from slimgraph.codegen.targets import TargetSpec, resolve_target
+from slimgraph.codegen.tuning import TuningOptions, TuningReport, tune_and_apply
 from slimgraph.lowering import kernel_launches, kernel_names, lower
 from slimgraph.model_source import LoadedModel, load_model
 from slimgraph.rewrites import InstrumentOptions, PassManager, load_plugin, parse_pipeline, trace_rules
-from slimgraph.codegen.tuning import TuningOptions, TuningReport, tune_and_apply
 from slimgraph.rewrites.manager import PassRecord
 from slimgraph.runtime import CompiledModel
 

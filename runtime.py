@@ -54,6 +54,7 @@ class CompiledModel:
         self._device = tvm.cuda(0) if metadata["target"].get("device") == "cuda" else tvm.cpu(0)
         self._executable = executable
         self._vm = VirtualMachine(module, self._device)
+        self.lowered = None  # the scheduled Relax module, when compiled in this process (slimgraph bench)
 
     def check_inputs(self, inputs: Sequence[Any]) -> list[np.ndarray]:
         if len(inputs) != len(self.inputs):

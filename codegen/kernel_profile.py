@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from slimgraph.lowering.pipeline import kernel_calls
+
 # FMA units per core: 2 on every x86 core with AVX-512 or AVX2 we target and on Neoverse N1/V1;
 # the peak is a ceiling for the ratio, so the common case is taken.
 FMA_UNITS = 2
@@ -56,21 +58,6 @@ def peak_gflops(target, threads: int | None = None) -> float:
 
     cores = threads or int(os.environ.get("TVM_NUM_THREADS", 0)) or int(target.attrs.get("num-cores", 1))
     return cores * FMA_UNITS * vector_lanes(target) * 2 * clock_ghz()
-
-
-def kernel_calls(mod) -> dict[str, int]:
-    """How often `main` calls each kernel."""
-    from tvm import relax
-
-    calls: dict[str, int] = {}
-
-    def visit(expr):
-        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.call_tir":
-            name = expr.args[0].name_hint
-            calls[name] = calls.get(name, 0) + 1
-
-    relax.analysis.post_order_visit(mod["main"], visit)
-    return calls
 
 
 def _random_args(func, device):

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from slimgraph.ir.errors import SlimgraphError
+from slimgraph.lowering.pipeline import kernel_calls
 
 BUILD_TIMEOUT_SECONDS = 300
 
@@ -139,14 +140,14 @@ def tune(mod, target, options: TuningOptions) -> None:
     database = open_database(directory)
     with target:
         _measure_rule_schedules(database, funcs, target, options.report)
-    calls = _call_counts(mod)
+    calls = kernel_calls(mod)
     names = list(funcs)
     contexts = [ms.TuneContext(mod=_workload(funcs[n]), target=target, space_generator="post-order-apply",
                                search_strategy="evolutionary", task_name=n, num_threads="physical",
                                rand_state=options.seed) for n in names]
     callbacks = ms.MeasureCallback.create("default")
     if options.progress is not None:
-        callbacks = [*callbacks, _ProgressCallback(names, options.progress)]
+        callbacks = [*callbacks, _progress_callback(names, options.progress)]
     ms.tune_tasks(
         tasks=contexts, task_weights=[float(calls.get(n, 1)) for n in names], work_dir=str(directory),
         max_trials_global=options.trials, num_trials_per_iter=min(64, max(options.trials, 2)),
@@ -169,32 +170,24 @@ def tune_and_apply(mod, target, options: TuningOptions):
     return apply_database(mod, target, options)
 
 
-def _call_counts(mod) -> dict[str, int]:
-    from .kernel_profile import kernel_calls
-
-    return kernel_calls(mod)
-
-
-def _progress_callback_class():
-    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+def _progress_callback(names: list[str], report: Callable):
+    """A MetaSchedule measure callback that calls report(kernel, trials done, best seconds)."""
     from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
     @derived_object
     class ProgressCallback(PyMeasureCallback):
-        def __init__(self, names, report):
-            self.names, self.report, self.done, self.best = names, report, {}, {}
+        def __init__(self):
+            self.done: dict[str, int] = {}
+            self.best: dict[str, float] = {}
 
         def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
-            name = self.names[task_id]
+            name = names[task_id]
             for result in runner_results:
                 if result.run_secs:
                     seconds = sum(float(s) for s in result.run_secs) / len(result.run_secs)
                     self.best[name] = min(self.best.get(name, seconds), seconds)
             self.done[name] = self.done.get(name, 0) + len(measure_candidates)
-            self.report(name, self.done[name], self.best.get(name))
+            report(name, self.done[name], self.best.get(name))
 
-    return ProgressCallback
-
-
-def _ProgressCallback(names, report):
-    return _progress_callback_class()(names, report)
+    return ProgressCallback()

@@ -28,7 +28,7 @@ from tvm import s_tir, tirx
 from tvm.s_tir import dlight as dl
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 
-from .schedule_common import reads_directly, register_budget, vector_lanes
+from .schedule_common import attach_epilogue, register_budget, vector_lanes
 
 PACKED_CONV_BLOCK = "conv2d_packed"
 LANES_ATTR = "slimgraph.lanes"  # block annotation: the channel block cb that the vector lanes cover
@@ -80,24 +80,24 @@ def prefers_nchw(call, lanes: int) -> bool:
 def legalize_conv2d(bb, call):
     """LegalizeOps hook for relax.nn.conv2d (see module docstring); TVM's own otherwise."""
     import tvm
-    from tvm import relax
     from tvm.relax.transform.legalize_ops.nn import _nn_conv2d
+
+    from .depthwise_packed import emit_depthwise, wants_blocked_depthwise  # it imports this module
 
     attrs = call.attrs
     data, weight = call.args
     target = tvm.target.Target.current(allow_none=True)
-    from .depthwise_packed import emit_depthwise, wants_blocked_depthwise
-
-    if (target is None or target.kind.name != "llvm" or (int(attrs.groups) != 1 and not wants_blocked_depthwise(call))
+    if (target is None or target.kind.name != "llvm"
             or attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW" or attrs.out_layout != "NCHW"
             or not isinstance(weight, tvm.ir.expr.GenericConst) or str(data.ty.dtype) != "float32"
             or str(weight.ty.dtype) != "float32" or attrs.out_dtype not in ("", "float32")):
         return _nn_conv2d(bb, call)
+    lanes = vector_lanes(target)
     if int(attrs.groups) != 1:
-        return emit_depthwise(bb, call, vector_lanes(target))
-    if prefers_nchw(call, vector_lanes(target)):
+        return emit_depthwise(bb, call, lanes) if wants_blocked_depthwise(call) else _nn_conv2d(bb, call)
+    if prefers_nchw(call, lanes):
         return _nn_conv2d(bb, call)
-    block = channel_block(int(weight.ty.shape[0]), vector_lanes(target))
+    block = channel_block(int(weight.ty.shape[0]), lanes)
     packed = bb.emit_te(_pack_weight, weight, block, primfunc_name_hint="pack_conv_weight")
     return bb.call_te(_conv2d_packed, data, packed, [int(s) for s in attrs.strides],
                       [int(p) for p in attrs.padding], [int(d) for d in attrs.dilation],
@@ -138,11 +138,10 @@ class PackedConv2dRule(dl.ScheduleRule):
             sch.compute_inline(info.block_rv)
         block = conv.block_rv
         stmt = sch.get(block)
-        output = stmt.writes[0].source
-        batch, channels, out_h, out_w = (int(e) for e in output.shape)
         if LANES_ATTR not in stmt.annotations:
             return None
         cb = int(stmt.annotations[LANES_ATTR])
+        batch, channels, out_h, out_w = (int(e) for e in stmt.writes[0].source.shape)
         spatial = [iv for iv in stmt.iter_vars if iv.iter_type == 0]
         if out_h == 1 or out_w == 1 or len(spatial) != 3 + (batch > 1):
             return None
@@ -153,10 +152,7 @@ class PackedConv2dRule(dl.ScheduleRule):
         coo, cv, cl = sch.split(co, [None, v, cb])
         owo, owi = sch.split(ow, [None, owt])
         sch.reorder(*batch_loops, coo, oh, owo, *reduction_loops, cv, owi, cl)
-        epilogue = after[-1].block_rv if after else None
-        if epilogue is None or not reads_directly(sch, epilogue, block):
-            epilogue = sch.cache_write(block, 0, "global")
-        sch.reverse_compute_at(epilogue, owo)
+        epilogue = attach_epilogue(sch, block, after[-1].block_rv if after else None, owo)
         sch.transform_layout(block, ("write", 0), lambda n, c, y, x: (n, c // cb, y, x, c % cb))
         channel_loop, column_loop = sch.get_loops(epilogue)[-2:]  # the epilogue reads the tile by lanes too
         if cb >= 4 and [int(sch.get(loop).extent) for loop in (channel_loop, column_loop)] == [v * cb, owt]:

@@ -70,21 +70,20 @@ class DenseRule(dl.ScheduleRule):
         if nb and nr % nb:
             nr = nb
         jo, ji = sch.split(j, [None, nr])
-        rows = []  # (io, ii) when there is more than one row (a batch-1 linear has none)
-        if outer:
-            *batch, i = outer
-            rows = list(sch.split(i, [None, largest_divisor(int(sch.get(i).extent), (4, 2))]))
-        else:
-            batch = []
-        sch.reorder(*batch, *rows[:1], jo, k, *rows[1:], ji)
+        *batch, i = outer or [None]  # a batch-1 linear (normalized to S R) has no row loop
+        row_outer, row_inner = [], []  # (io), (ii: mr rows kept in registers)
+        if i is not None:
+            io, ii = sch.split(i, [None, largest_divisor(int(sch.get(i).extent), (4, 2))])
+            row_outer, row_inner = [io], [ii]
+        sch.reorder(*batch, *row_outer, jo, k, *row_inner, ji)
         if nb and nb < nr:  # one contiguous nb-wide load per panel of the packed weight
             jv, ji = sch.split(ji, [None, nb])
             sch.unroll(jv)
-        epilogue_at(sch, block, epilogue.block_rv if epilogue is not None else None, jo,
-                    len(batch) + len(rows[:1]) + 1, nr)
-        sch.parallel(sch.fuse(*batch, *rows[:1], jo))
-        if rows:
-            sch.unroll(rows[1])
+        tile_loops = [*batch, *row_outer, jo]
+        epilogue_at(sch, block, epilogue.block_rv if epilogue is not None else None, jo, len(tile_loops), nr)
+        sch.parallel(sch.fuse(*tile_loops))
+        for loop in row_inner:
+            sch.unroll(loop)
         if nr >= 4:
             sch.vectorize(ji)
         sch.decompose_reduction(block, k)  # after every loop annotation (s_tir requires it)
@@ -149,7 +148,8 @@ class Conv2dRule(dl.ScheduleRule):
 
 
 # First match wins. TVM's own CPU rules follow ours: GEMV (batch-1 dense) and reductions.
-CPU_RULES: list[dl.ScheduleRule] = [PackedConv2dRule(), DenseRule(), Conv2dRule(), dl.cpu.GEMV(), dl.cpu.Reduction()]
+CPU_RULES: list[dl.ScheduleRule] = [PackedConv2dRule(), DenseRule(), Conv2dRule(), dl.cpu.GEMV(),
+                                    dl.cpu.Reduction()]
 
 
 def is_scheduled(func) -> bool:

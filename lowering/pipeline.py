@@ -3,15 +3,16 @@
     decompose-for-inference -> LegalizeOps -> AnnotateTIROpPattern -> FoldConstant -> FuseOps -> FuseTIR
 
 `codegen.build` then runs TVM's VM lowering ("default" build pipeline) on the result, so the
-fusion decided here is the one that ships. Schedules and tuning arrive with the kernels issue.
+fusion decided here is the one that ships. On CPU targets our own legalizations replace TVM's
+for some ops (`cpu_legalize_map`); schedules come after (lowering.cpu_schedules).
 """
 from __future__ import annotations
 
 
 def cpu_legalize_map(target) -> dict:
     """Our legalizations that replace TVM's for CPU targets: conv2d and matmul with weights packed
-    at compile time, exp / erf / tanh / softmax / GELU
-    without libm's scalar calls (lowering.fast_math). FoldConstant runs before them, so a transposed weight is a constant by then."""
+    at compile time, exp / erf / tanh / softmax / GELU without libm's scalar calls
+    (lowering.fast_math). FoldConstant runs before them, so a transposed weight is a constant."""
     from .conv_packed import legalize_conv2d
     from .dense_packed import legalize_matmul
     from .fast_math import FAST_MATH_LEGALIZATIONS
@@ -63,19 +64,24 @@ def fuse_regions(mod, target):
         return tvm.transform.Sequential([relax.transform.FuseTIR(), relax.transform.DeadCodeElimination()])(mod)
 
 
-def kernel_launches(mod) -> int:
-    """Kernel calls one inference makes: the `call_tir`s in `main` of a lowered module."""
+def kernel_calls(mod) -> dict[str, int]:
+    """How often `main` of a lowered module calls each TIR kernel (its `call_tir`s, by kernel name)."""
     from tvm import relax
 
-    count = 0
+    calls: dict[str, int] = {}
 
     def visit(expr):
-        nonlocal count
         if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.call_tir":
-            count += 1
+            name = expr.args[0].name_hint
+            calls[name] = calls.get(name, 0) + 1
 
     relax.analysis.post_order_visit(mod["main"], visit)
-    return count
+    return calls
+
+
+def kernel_launches(mod) -> int:
+    """Kernel calls one inference makes."""
+    return sum(kernel_calls(mod).values())
 
 
 def kernel_names(mod) -> list[str]:

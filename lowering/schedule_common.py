@@ -24,13 +24,20 @@ def epilogue_at(sch, block, epilogue, loop, depth: int, width: int) -> None:
     The epilogue joins the tile only when it reads the output at its own indices; one that reads
     through a reshape (a 3-D linear is view, mm, view) would be mis-placed by TVM's
     reverse_compute_at (wrong results, seen in tests), so the output is cached instead."""
-    if epilogue is None or not reads_directly(sch, epilogue, block):
-        epilogue = sch.cache_write(block, 0, "global")
-    sch.reverse_compute_at(epilogue, loop)
+    epilogue = attach_epilogue(sch, block, epilogue, loop)
     inner = sch.get_loops(epilogue)[depth:]
     if inner and width >= 4:
         fused = sch.fuse(*inner) if len(inner) > 1 else inner[0]
         sch.vectorize(sch.split(fused, [None, width])[1])
+
+
+def attach_epilogue(sch, block, epilogue, loop):
+    """Compute the epilogue (or, when there is none or it does not read the output directly, a copy
+    of the output) per tile at `loop`, so the tile of `block` stays in registers; returns it."""
+    if epilogue is None or not reads_directly(sch, epilogue, block):
+        epilogue = sch.cache_write(block, 0, "global")
+    sch.reverse_compute_at(epilogue, loop)
+    return epilogue
 
 
 def reads_directly(sch, consumer, producer) -> bool:

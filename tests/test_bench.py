@@ -2,8 +2,9 @@
 import pytest
 
 import slimgraph
-from slimgraph.codegen.kernel_profile import kernel_calls, peak_gflops, profile_kernels
+from slimgraph.codegen.kernel_profile import peak_gflops, profile_kernels
 from slimgraph.codegen.targets import resolve_target
+from slimgraph.lowering import kernel_calls
 
 from .test_cli import run_cli
 

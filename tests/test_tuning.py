@@ -53,3 +53,10 @@ def test_unwritable_database_is_a_one_line_error(tmp_path, capsys):
     blocker.write_text("not a directory")
     code, _, err = run_cli(capsys, "tune", "digit_cnn", "--trials", "1", "--db", str(blocker / "db"), "--quiet")
     assert code == 1 and "tuning database" in err and str(blocker / "db") in err
+
+
+def test_trial_counts_are_checked(capsys):
+    code, _, err = run_cli(capsys, "tune", "digit_cnn", "--trials", "0", "--quiet")
+    assert code == 1 and "--trials must be at least 1, got 0" in err
+    code, _, err = run_cli(capsys, "compile", "digit_cnn", "--tune", "-3", "--quiet")
+    assert code == 1 and "--tune must be 0 or more, got -3" in err
