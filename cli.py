@@ -54,9 +54,14 @@ def _compile(args) -> int:
                              f"{report.kernel_launches} calls per inference")
     table.add_row("compile time", f"{sum(report.stage_seconds.values()):.1f} s")
     if report.max_abs_diff is not None:
-        table.add_row(f"max |diff| vs {report.reference}", f"{report.max_abs_diff:.3g}")
+        how = f" ({report.check_note})" if report.check_note else ""
+        table.add_row(f"max |diff| vs {report.reference}", f"{report.max_abs_diff:.3g}{how}")
+    elif report.check_note:
+        table.add_row("check", report.check_note)
     if report.latency:
-        table.add_row("latency (median)", f"{report.latency['median_ms']:.3f} ms over {report.latency['runs']} runs")
+        emulated = " (emulated: not the device's speed)" if report.latency.get("emulated") else ""
+        table.add_row("latency (median)",
+                      f"{report.latency['median_ms']:.3f} ms over {report.latency['runs']} runs{emulated}")
     stdout.print(table)
     if args.trials:
         print_tuning_summary(report.tuning)
@@ -144,8 +149,9 @@ def _run(args) -> int:
         table.add_row(spec.name, str(spec), f"{value.min():.4g}", f"{value.max():.4g}", f"{value.mean():.4g}")
     stdout.print(table)
     latency = model.benchmark(inputs, repeat=args.runs)
+    emulated = " under qemu-aarch64 (emulated: not the device's speed)" if latency.get("emulated") else ""
     stdout.print(f"latency: median {latency['median_ms']:.3f} ms, min {latency['min_ms']:.3f} ms "
-                 f"over {latency['runs']} runs")
+                 f"over {latency['runs']} runs{emulated}")
     if args.save:
         np.savez(args.save, **{spec.name: value for spec, value in zip(model.outputs, outputs)})
     return 0

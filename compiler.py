@@ -21,6 +21,7 @@ from rich.console import Console
 
 import slimgraph
 from slimgraph import ir
+from slimgraph.codegen.aarch64 import QEMU, can_run, cross_compiler
 from slimgraph.codegen.artifact import check_writable
 from slimgraph.codegen.build import build
 from slimgraph.codegen.targets import TargetSpec, resolve_target
@@ -42,6 +43,7 @@ class CompileReport:
     latency: dict | None = None
     passes: list[PassRecord] = field(default_factory=list)
     lowering_notes: list[str] = field(default_factory=list)  # e.g. regions left to separate kernels
+    check_note: str = ""  # why the numerical check did not run, or how it ran (emulated)
     tuning: TuningReport | None = None  # kernels from the tuning database, tuned this time
 
 
@@ -75,7 +77,7 @@ def _metadata(graph: ir.Graph, spec: TargetSpec, source: str, kernels: list[str]
 
     return {"model": graph.name, "source": source, "inputs": specs(graph.input_specs()),
             "outputs": specs(graph.output_specs()),
-            "target": {"name": spec.name, "device": spec.device, "config": spec.config,
+            "target": {"name": spec.name, "device": spec.device, "arch": spec.arch, "config": spec.config,
                        "features": list(spec.features)},
             "pipeline": pipeline, "kernels": len(kernels), "kernel_launches": launches, "versions": _versions()}
 
@@ -110,6 +112,8 @@ def compile(model: Any, example_inputs: Sequence[torch.Tensor] | None = None, *,
     if dump_dir is not None and options.dump_dir is None:
         options.dump_dir = str(dump_dir)
     spec = resolve_target(target)
+    if spec.arch == "aarch64":
+        cross_compiler()  # fail before the work: an aarch64 library cannot be linked without it
     if output is not None:
         check_writable(output)
     with _stage(report, console, "import"):
@@ -139,12 +143,17 @@ def compile(model: Any, example_inputs: Sequence[torch.Tensor] | None = None, *,
     if output is not None:
         with _stage(report, console, "export"):
             compiled.export(output)
-    if check and spec.device == "cpu":
+    runnable = spec.device == "cpu"
+    if compiled.emulated:
+        runnable = can_run()
+        report.check_note = "run under qemu-aarch64" if runnable else \
+            f"not run: {QEMU} not found (install Debian's qemu-user to run aarch64 libraries here)"
+    if check and runnable:
         with _stage(report, console, f"check against {loaded.reference_name}"):
             expected = loaded.reference(loaded.example_inputs)
             actual = compiled(*[t.numpy() for t in loaded.example_inputs])
             report.max_abs_diff, report.reference = max_abs_diff(actual, expected), loaded.reference_name
-    if bench_runs and spec.device == "cpu":
+    if bench_runs and runnable:
         with _stage(report, console, "benchmark"):
             report.latency = compiled.benchmark([t.numpy() for t in loaded.example_inputs], repeat=bench_runs)
     return compiled

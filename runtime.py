@@ -42,10 +42,13 @@ class TensorSpec:
 
 
 class CompiledModel:
-    """A built model: call it, benchmark it, export it. Built by `slimgraph.compile` or `load`."""
+    """A built model: call it, benchmark it, export it. Built by `slimgraph.compile` or `load`.
 
-    def __init__(self, module, metadata: dict, executable=None):
-        from tvm.runtime.vm import VirtualMachine
+    A library for another CPU architecture (an aarch64 build on an x86 host) runs through
+    `slimgraph-run` under qemu (codegen/aarch64.py): same outputs, the emulator's timings.
+    """
+
+    def __init__(self, module, metadata: dict, executable=None, library: Path | None = None):
         import tvm
 
         self.metadata = metadata
@@ -53,8 +56,33 @@ class CompiledModel:
         self.outputs = [TensorSpec.from_json(o) for o in metadata["outputs"]]
         self._device = tvm.cuda(0) if metadata["target"].get("device") == "cuda" else tvm.cpu(0)
         self._executable = executable
-        self._vm = VirtualMachine(module, self._device)
+        self._library = library  # on disk: where it was loaded from or exported to
+        self._scratch = None  # a temporary export, for an emulated library built in this process
+        self._vm = None
+        if not self.emulated:
+            from tvm.runtime.vm import VirtualMachine
+
+            self._vm = VirtualMachine(module, self._device)
         self.lowered = None  # the scheduled Relax module, when compiled in this process (slimgraph bench)
+
+    @property
+    def arch(self) -> str:
+        return self.metadata["target"].get("arch", "x86_64")
+
+    @property
+    def emulated(self) -> bool:
+        """True when the library is for another CPU architecture and runs under an emulator here."""
+        from slimgraph.codegen.aarch64 import host_is_aarch64
+
+        return self.arch == "aarch64" and not host_is_aarch64()
+
+    def _library_on_disk(self) -> Path:
+        if self._library is None:
+            import tempfile
+
+            self._scratch = tempfile.TemporaryDirectory(prefix="slimgraph-")
+            self._library, _ = self.export(Path(self._scratch.name) / "model.so")
+        return self._library
 
     def check_inputs(self, inputs: Sequence[Any]) -> list[np.ndarray]:
         if len(inputs) != len(self.inputs):
@@ -76,9 +104,14 @@ class CompiledModel:
         return [tvm.runtime.tensor(a, self._device) for a in self.check_inputs(inputs)]
 
     def __call__(self, *inputs):
-        result = self._vm["main"](*self._tvm_inputs(inputs))
-        values = list(result) if not hasattr(result, "numpy") else [result]
-        arrays = [v.numpy() for v in values]
+        if self.emulated:
+            from slimgraph.codegen.aarch64 import run_library
+
+            arrays, _ = run_library(self._library_on_disk(), self.check_inputs(inputs))
+        else:
+            result = self._vm["main"](*self._tvm_inputs(inputs))
+            values = list(result) if not hasattr(result, "numpy") else [result]
+            arrays = [v.numpy() for v in values]
         if inputs and all(hasattr(i, "detach") for i in inputs):
             import torch
 
@@ -96,7 +129,16 @@ class CompiledModel:
         return arrays
 
     def benchmark(self, inputs: Sequence[Any] | None = None, repeat: int = 10, warmup: int = 1) -> dict:
-        """Latency of `main` in milliseconds (median, mean, min over `repeat` timed runs)."""
+        """Latency of `main` in milliseconds (median, mean, min over `repeat` timed runs).
+
+        An emulated library reports only the median, with `emulated: True`: not the device's speed.
+        """
+        if self.emulated:
+            from slimgraph.codegen.aarch64 import run_library
+
+            arrays = self.check_inputs(inputs if inputs is not None else self.random_inputs())
+            _, median = run_library(self._library_on_disk(), arrays, repeat=repeat)
+            return {"median_ms": median, "mean_ms": median, "min_ms": median, "runs": repeat, "emulated": True}
         args = self._tvm_inputs(inputs if inputs is not None else self.random_inputs())
         self._vm.set_input("main", *args)
         for _ in range(warmup):
@@ -111,7 +153,15 @@ class CompiledModel:
         if self._executable is None:
             raise SlimgraphError("this model was loaded from disk; copy its .so and .json files instead")
         metadata = {k: v for k, v in self.metadata.items() if k not in ("format", "library")}
-        return write_artifact(self._executable, metadata, output)
+        options = {}
+        if self.arch == "aarch64":
+            from slimgraph.codegen.aarch64 import cross_compiler
+
+            options["cc"] = cross_compiler()
+        paths = write_artifact(self._executable, metadata, output, **options)
+        if self._library is None:
+            self._library = paths[0]
+        return paths
 
     def __repr__(self) -> str:
         ins = ", ".join(f"{s.name}: {s}" for s in self.inputs)
@@ -124,4 +174,8 @@ def load(path: str | os.PathLike) -> CompiledModel:
 
     library, _ = artifact_paths(path)
     metadata = read_metadata(library)
-    return CompiledModel(tvm.runtime.load_module(str(library)), metadata)
+    from slimgraph.codegen.aarch64 import host_is_aarch64
+
+    if metadata["target"].get("arch") == "aarch64" and not host_is_aarch64():
+        return CompiledModel(None, metadata, library=library)  # runs under qemu: see CompiledModel
+    return CompiledModel(tvm.runtime.load_module(str(library)), metadata, library=library)

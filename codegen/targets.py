@@ -1,8 +1,11 @@
 """Target presets and raw TVM target JSON.
 
 `x86` describes this host: LLVM's name for its CPU as `mcpu`, the ISA features it reports
-(/proc/cpuinfo flags mapped to LLVM attributes) as `mattr`, and its core count. A raw target is
-a JSON object (`{"kind": "llvm", ...}`) given inline or as a path to a .json file.
+(/proc/cpuinfo flags mapped to LLVM attributes) as `mattr`, and its core count. `arm64` is a
+64-bit ARM CPU with NEON (any ARMv8-A core); `arm64-dotprod` an ARMv8.2-A core with the int8
+dot-product instructions (Cortex-A76 class: Raspberry Pi 5, Graviton 2, Neoverse N1). Both
+assume 4 cores, which only tuning reads (the runtime uses the device's own core count). A raw
+target is a JSON object (`{"kind": "llvm", ...}`) given inline or as a path to a .json file.
 """
 from __future__ import annotations
 
@@ -45,6 +48,14 @@ class TargetSpec:
     def device(self) -> str:
         return "cuda" if self.config.get("kind") == "cuda" else "cpu"
 
+    @property
+    def arch(self) -> str:
+        """The CPU architecture the library's host code is for: "aarch64" or "x86_64"."""
+        from .aarch64 import is_aarch64
+
+        host = self.config.get("host") if self.config.get("kind") == "cuda" else self.config
+        return "aarch64" if isinstance(host, dict) and is_aarch64(host) else "x86_64"
+
 
 def host_cpu_flags() -> set[str]:
     try:
@@ -69,7 +80,18 @@ def x86_host() -> TargetSpec:
     return TargetSpec("x86", config, tuple(sorted(f for f in flags if f in X86_FEATURES)))
 
 
-PRESETS: dict[str, Callable[[], TargetSpec]] = {"x86": x86_host}
+def arm64() -> TargetSpec:
+    config = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"], "num-cores": 4}
+    return TargetSpec("arm64", config, ("neon",))
+
+
+def arm64_dotprod() -> TargetSpec:
+    config = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"],
+              "num-cores": 4}
+    return TargetSpec("arm64-dotprod", config, ("neon", "dotprod"))
+
+
+PRESETS: dict[str, Callable[[], TargetSpec]] = {"x86": x86_host, "arm64": arm64, "arm64-dotprod": arm64_dotprod}
 
 
 def resolve_target(target: str | dict | TargetSpec) -> TargetSpec:
