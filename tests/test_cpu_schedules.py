@@ -87,8 +87,8 @@ def conv_graph(batch, cin, cout, size, kernel, stride, padding, groups, dilation
     (1, 8, 8, 6, 3, 1, 1, 2),         # grouped
     (1, 16, 24, 14, 3, 1, 2, 1),      # 24 channels: blocks of 8 with 16 lanes; dilation 2 below
     (2, 32, 48, 7, 3, 1, 1, 1),       # batch 2, 7 columns
-    (1, 24, 24, 13, 3, 1, 1, 24),     # depthwise, 14 columns: channel-blocked (lanes over channels)
-    (2, 16, 16, 11, 3, 2, 1, 16),     # depthwise, batch 2, stride 2, 6 columns: channel-blocked
+    (1, 24, 24, 13, 3, 1, 1, 24),     # depthwise, 14 columns: one partial vector per row
+    (2, 16, 16, 11, 3, 2, 1, 16),     # depthwise, batch 2, stride 2, 6 columns
     (1, 4, 8, 31, 1, 1, 0, 1),        # 4 multiply-adds per output, 32 columns: the NCHW rule
 ])
 @pytest.mark.parametrize("target", ["x86", AVX2_TARGET], ids=["host", "avx2"])
@@ -102,10 +102,9 @@ def test_conv_rule_matches_the_reference(batch, cin, cout, size, kernel, stride,
     assert convs and all(is_scheduled(f) for f in convs)
     packed = [f for f in convs if "conv2d_packed" in f.script()]
     out_width = (size + 1 + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-    blocked_depthwise = groups == cin == cout and out_width % 4 != 0
     lanes = vector_lanes(resolve_target(target).tvm_target())
-    short_reduction = cin * kernel * kernel <= 2 * lanes and out_width % lanes == 0
-    assert bool(packed) == ((groups == 1 and not short_reduction) or blocked_depthwise)
+    short_reduction = cin * kernel * kernel <= 2 * lanes and out_width % min(lanes, 8) == 0
+    assert bool(packed) == (groups == 1 and not short_reduction)
 
 
 @pytest.mark.parametrize("blocks, width, budget, expected", [
