@@ -36,7 +36,7 @@ def _compile(args) -> int:
         compiled = slimgraph.compile(model, target=args.target, pipeline=args.pipeline, output=output,
                                      dump_dir=args.dump_dir, instruments=_instrument_options(args),
                                      plugins=args.plugin, check=not args.no_check, bench_runs=args.runs,
-                                     verbose=not args.quiet, tuning=tuning)
+                                     verbose=not args.quiet, tuning=tuning, calibration_data=args.calib)
     library, meta = artifact_paths(output)
     report = compiled.report
     table = Table(title=f"slimgraph compile: {compiled.metadata['model']}", show_header=False)
@@ -171,7 +171,8 @@ def _passes(args) -> int:
     table.add_column("what it does")
     for name, cls in sorted(PASS_REGISTRY.items()):
         hints = typing.get_type_hints(cls)
-        options = ", ".join(f"{f.name}: {getattr(hints[f.name], '__name__', hints[f.name])} = {f.default!r}"
+        options = ", ".join(f"{f.name}: {getattr(hints[f.name], '__name__', hints[f.name])} = "
+                            f"{(f.default_factory() if f.default is dataclasses.MISSING else f.default)!r}"
                             for f in dataclasses.fields(cls) if f.init)
         table.add_row(name, options or "-", cls.summary)
     stdout.print(table)
@@ -224,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--dump-dir", help="write one IR file per pass and the Relax module before/after "
                                              "optimization here")
     compile_.add_argument("--runs", type=int, default=10, help="timed runs for the latency figure (0: skip)")
+    compile_.add_argument("--calib", help="calibration data for the quantize pass: an .npz (one array per input, "
+                                          "[N, *shape] for N samples) or a folder of them")
     compile_.add_argument("--no-check", action="store_true", help="skip the comparison against the reference")
     compile_.add_argument("--quiet", action="store_true", help="no progress output")
     add_tuning_options(compile_, "--tune", default_trials=0)

@@ -21,6 +21,7 @@ from rich.console import Console
 
 import slimgraph
 from slimgraph import ir
+from slimgraph.ir.errors import SlimgraphError
 from slimgraph.codegen.aarch64 import QEMU, can_run, cross_compiler
 from slimgraph.codegen.artifact import check_writable
 from slimgraph.codegen.build import build
@@ -30,6 +31,8 @@ from slimgraph.lowering import kernel_launches, kernel_names, lower
 from slimgraph.model_source import LoadedModel, load_model
 from slimgraph.rewrites import InstrumentOptions, PassManager, load_plugin, parse_pipeline, trace_rules
 from slimgraph.rewrites.manager import PassRecord
+from slimgraph.rewrites.quantize import calibration_data as calibration_context
+from slimgraph.calibration_io import read_calibration
 from slimgraph.runtime import CompiledModel
 
 
@@ -92,7 +95,8 @@ def compile(model: Any, example_inputs: Sequence[torch.Tensor] | None = None, *,
             pipeline: str = "default", output: str | os.PathLike | None = None,
             dump_dir: str | os.PathLike | None = None, instruments: InstrumentOptions | None = None,
             plugins: Sequence[str | os.PathLike] = (), name: str | None = None, check: bool = True,
-            bench_runs: int = 0, verbose: bool = False, tuning: TuningOptions | None = None) -> CompiledModel:
+            bench_runs: int = 0, verbose: bool = False, tuning: TuningOptions | None = None,
+            calibration_data: Any = None) -> CompiledModel:
     """Compile `model` for `target`; see docs/user-guide.md. Returns a callable CompiledModel.
 
     `model`: nn.Module (with `example_inputs`), ir.Graph, .onnx / .ir path, `file.py:factory`,
@@ -101,13 +105,16 @@ def compile(model: Any, example_inputs: Sequence[torch.Tensor] | None = None, *,
     file per pass plus the Relax module before/after optimization. `instruments`: what the pass
     manager prints, checks and times (also SLIMGRAPH_PASS_DEBUG). `plugins`: files registering passes.
     `tuning`: MetaSchedule trials and the tuning database (default: apply the database in the user's
-    cache directory, no search; see docs/tuning.md).
+    cache directory, no search; see docs/tuning.md). `calibration_data`: what the `quantize` pass
+    calibrates on: batches (tuples of the model's inputs) or an .npz file / folder (calibration_io).
     """
     console = Console(stderr=True) if verbose else None
     report = CompileReport()
     for plugin in plugins:  # before the pipeline parses: plugins add passes to it
         load_plugin(plugin)
     passes = parse_pipeline(pipeline)
+    if calibration_data is not None and not any(p.name == "quantize" for p in passes.passes):
+        raise SlimgraphError(f"calibration data given, but pipeline '{passes}' has no quantize pass")
     options = (instruments or InstrumentOptions()).merged_with_env()
     if dump_dir is not None and options.dump_dir is None:
         options.dump_dir = str(dump_dir)
@@ -122,7 +129,11 @@ def compile(model: Any, example_inputs: Sequence[torch.Tensor] | None = None, *,
     if len(passes) or options.dump_dir:
         with _stage(report, console, f"passes: {passes or 'none'}"), trace_rules(set(options.trace_rule)):
             manager = PassManager(passes, options.build(inputs=loaded.example_inputs), repro_dir=options.dump_dir)
-            result = manager.run(graph)
+            if isinstance(calibration_data, (str, os.PathLike)):
+                calibration_data = read_calibration(calibration_data, graph.input_specs())
+            stand_in = "the model's example inputs (1 batch)" if calibration_data is None else ""
+            with calibration_context(calibration_data or [loaded.example_inputs], stand_in):
+                result = manager.run(graph)
             graph, report.passes = result.graph, result.records
     tuning = tuning or TuningOptions()
     label = f"tune ({tuning.trials} trials) and lower for {spec.name}" if tuning.trials else \

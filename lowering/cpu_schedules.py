@@ -140,14 +140,18 @@ class Conv2dRule(dl.ScheduleRule):
         owt = largest_divisor(width, (2 * lanes, lanes, 8, 4, 2))
         if owt < 4 and width <= 2 * lanes and cot * -(-width // lanes) <= register_budget(target):
             owt = width  # a short row (14, 7) no 4 divides: one partial vector beats 2-wide ones
+        channels = int(sch.get(co).extent)
         coo, coi = sch.split(co, [None, cot])
         owo, owi = sch.split(ow, [None, owt])
         sch.reorder(*batch, coo, oh, owo, *reduction_loops, coi, owi)
         epilogue_at(sch, block, after[-1].block_rv if after else None, owo, len(batch) + 3, owt)
-        if kinds.endswith("RR") and not kinds.endswith("RRR") and before:
-            # depthwise: each channel pads its own plane (L2-resident) right before using it
+        depthwise = (kinds.endswith("RR") and not kinds.endswith("RRR") and before  # no ci loop, and
+                     and int(sch.get(before[-1].block_rv).writes[0].source.shape[-3]) == channels)  # not Ci = 1
+        if depthwise:
+            # each channel pads its own plane (L2-resident) right before using it; the blocks before
+            # the conv (padding, and a quantize that fusion put there) go in, consumers first
             channel = sch.fuse(*batch, coo)
-            for info in before:
+            for info in reversed(before):
                 sch.compute_at(info.block_rv, channel)
             sch.parallel(channel)
         else:

@@ -58,7 +58,9 @@ def import_with_origins(graph: Graph, example) -> tuple[object, dict[str, str]]:
             finally:
                 del builder.emit
 
-    mod = TaggingImporter().from_exported_program(program, False, False, False, None)
+    from .quant_import import CONVERTERS
+
+    mod = TaggingImporter().from_exported_program(program, False, False, False, CONVERTERS)
     return mod, origins
 
 

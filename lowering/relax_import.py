@@ -91,9 +91,11 @@ def to_relax(graph: Graph):
     """Convert the graph to a Relax IRModule whose `main` takes the graph's inputs in order."""
     from tvm.relax.frontend.torch import from_exported_program
 
+    from .quant_import import CONVERTERS
+
     graph = normalize_negative_indices(graph)
     program = torch.export.export(graph.module(), _example_inputs(graph))
     try:
-        return from_exported_program(program, keep_params_as_input=False)
+        return from_exported_program(program, keep_params_as_input=False, custom_convert_map=CONVERTERS)
     except AssertionError as exc:
         raise _unsupported(graph, exc) from exc

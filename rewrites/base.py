@@ -42,6 +42,7 @@ class Pass:
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+    lossy: ClassVar[bool] = False  # changes outputs on purpose (quantize): numerics are reported, not enforced
 
     def run(self, graph: Graph) -> PassResult:  # pragma: no cover - abstract
         raise NotImplementedError

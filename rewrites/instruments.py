@@ -133,8 +133,21 @@ class VerifyEach(Instrument):
             raise PassError(f"pass '{record.pass_.name}' (#{record.index}) left a broken graph: {exc}") from exc
 
 
+def output_sqnr_db(expected, actual) -> float:
+    """Signal-to-quantization-noise ratio of the float outputs, in dB (inf when equal)."""
+    import math
+
+    signal = noise = 0.0
+    for e, a in zip(expected, actual):
+        if e.is_floating_point():
+            signal += float((e.double() ** 2).sum())
+            noise += float(((e.double() - a.double()) ** 2).sum())
+    return math.inf if noise == 0 else 10 * math.log10(signal / noise) if signal > 0 else -math.inf
+
+
 class CheckNumerics(Instrument):
-    """Outputs after each pass against those before it (and the original), tolerance by dtype."""
+    """Outputs after each pass against those before it (and the original), tolerance by dtype.
+    A lossy pass (quantize) is not held to the tolerance: its SQNR goes into the record instead."""
 
     def __init__(self, inputs=None, seed: int = 0):
         self.inputs, self.seed = inputs, seed
@@ -151,7 +164,9 @@ class CheckNumerics(Instrument):
         _, from_original = compare_outputs(self.original, outputs)
         self.results[record.label] = {"vs_previous": worst, "vs_original": from_original}
         record.stats["max_abs_diff"] = worst
-        if failure:
+        if record.pass_.lossy:  # quantization error is the point: report its size, do not fail
+            record.stats["sqnr_db"] = round(output_sqnr_db(self.previous, outputs), 1)
+        elif failure:
             where = first_divergence(before, after, self.inputs)
             raise PassError(f"pass '{record.pass_.name}' (#{record.index}) changed the outputs: {failure}; {where}")
         self.previous = outputs

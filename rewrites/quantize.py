@@ -1,0 +1,182 @@
+"""quantize: calibrate, then insert int8 quantize / dequantize around every conv2d and linear.
+
+For each conv2d / linear y = op(x, W, b) that is not excluded:
+
+    x  ->  x' = dequantize(quantize(x; s_x, z_x))     s_x, z_x from calibration (per tensor,
+                                                      uint8 asymmetric or int8 symmetric)
+    W  ->  W' = dequantize_per_channel(W_q; s_W, 0)   W_q = round(W / s_W) stored as an int8
+                                                      parameter, s_W[c] = max |W[c]| / 127
+
+and y = op(x', W', b) keeps a float bias. The graph still runs in PyTorch (the ops are
+`torch.ops.slimgraph.*`, see ir/slimgraph_ops.py), and its outputs are what int8 arithmetic with
+these scales gives. This is the Q/DQ form only: the realization into integer conv / matmul
+kernels is a later step, and until then the compiled kernels compute in float.
+
+Calibration data: `calibration_data(batches)` around the pass (`slimgraph.compile(...,
+calibration_data=...)` does it; without data, compile passes the model's example inputs as a
+stand-in); with nothing at all, the graph's seeded random inputs (8 batches). A note says which. Ranges come from rewrites/calibration.py (`calibration=minmax,
+percentile, entropy or mse`). A layer whose weight is not a constant stays float, with the reason
+in the notes; `exclude=[name,...]` keeps the named nodes or modules (and their children) float.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import ClassVar, Iterable, Sequence
+
+import torch
+import torch.fx as fx
+
+import slimgraph.ir.slimgraph_ops  # noqa: F401  (registers torch.ops.slimgraph)
+from slimgraph.ir.graph import PROVENANCE, Graph, Provenance, provenance_of
+from slimgraph.ir.shapes import to_meta
+
+from .base import Pass, PassError, PassResult, register_pass
+from .calibration import METHODS, ActivationObserver, activation_qparams, weight_qparams_per_channel
+
+aten = torch.ops.aten
+QUANTIZABLE = (aten.conv2d.default, aten.linear.default)
+ACTIVATION_DTYPES = {"u8": "uint8", "s8": "int8"}
+RANDOM_BATCHES = 8
+
+_CALIBRATION: ContextVar[list | None] = ContextVar("slimgraph_calibration_data", default=None)
+
+
+@contextmanager
+def calibration_data(batches: Iterable[Sequence[torch.Tensor]] | None, fallback_note: str = ""):
+    """Make `batches` (each a tuple of the graph's inputs) the data the quantize pass calibrates on;
+    a `fallback_note` says they are a stand-in for real data (it goes into the pass's notes)."""
+    token = _CALIBRATION.set(None if batches is None else ([tuple(b) for b in batches], fallback_note))
+    try:
+        yield
+    finally:
+        _CALIBRATION.reset(token)
+
+
+def check_batches(graph: Graph, batches: list) -> None:
+    """One-line errors for calibration data that cannot be what the graph takes."""
+    if not batches:
+        raise PassError("quantize: the calibration data is empty")
+    specs = graph.input_specs()
+    for index, batch in enumerate(batches):
+        if len(batch) != len(specs):
+            raise PassError(f"quantize: calibration batch {index} has {len(batch)} input(s), the graph takes "
+                            f"{len(specs)}")
+        for (name, shape, dtype), value in zip(specs, batch):
+            value = torch.as_tensor(value)
+            if tuple(value.shape) != tuple(shape) or value.dtype != dtype:
+                raise PassError(f"quantize: calibration batch {index}, input '{name}': expected "
+                                f"{str(dtype).replace('torch.', '')}{list(shape)}, got "
+                                f"{str(value.dtype).replace('torch.', '')}{list(value.shape)}")
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                raise PassError(f"quantize: calibration batch {index}, input '{name}' contains NaN or infinity")
+
+
+class _Observing(fx.Interpreter):
+    def __init__(self, module, observers: dict[str, ActivationObserver]):
+        super().__init__(module)
+        self.observers = observers
+
+    def run_node(self, node):
+        value = super().run_node(node)
+        if node.name in self.observers:
+            self.observers[node.name].observe(value)
+        return value
+
+
+def _matches(node: fx.Node, name: str) -> bool:
+    source = provenance_of(node).source
+    return node.name == name or source == name or source.startswith(name + ".")
+
+
+@register_pass
+@dataclass
+class Quantize(Pass):
+    name: ClassVar[str] = "quantize"
+    summary: ClassVar[str] = "int8: calibrate, weights per channel, quantize/dequantize around conv2d and linear"
+    lossy: ClassVar[bool] = True
+    calibration: str = "minmax"
+    activations: str = "u8"
+    percentile: float = 99.99
+    exclude: list[str] = field(default_factory=list)
+
+    def run(self, graph):
+        if self.calibration not in METHODS:
+            raise PassError(f"quantize: unknown calibration '{self.calibration}' (known: {', '.join(METHODS)})")
+        if self.activations not in ACTIVATION_DTYPES:
+            raise PassError(f"quantize: activations must be u8 or s8, got '{self.activations}'")
+        if not 50 < self.percentile <= 100:
+            raise PassError(f"quantize: percentile must be in (50, 100], got {self.percentile}")
+        candidates = [n for n in graph.fx_graph.nodes if n.op == "call_function" and n.target in QUANTIZABLE]
+        for name in self.exclude:
+            if not any(_matches(n, name) for n in candidates):
+                raise PassError(f"quantize: exclude '{name}' matches no conv2d or linear node or module")
+        notes, layers = [], []
+        for node in candidates:
+            if any(_matches(node, name) for name in self.exclude):
+                notes.append(f"%{node.name} ({provenance_of(node).source or node.name}) stays float: excluded")
+            elif node.args[1].op != "get_attr":
+                notes.append(f"%{node.name} stays float: its weight is not a constant")
+            else:
+                layers.append(node)
+        if not layers:
+            return PassResult(graph, False, {"quantized": 0}, notes)
+        batches, fallback_note = _CALIBRATION.get() or (None, "")
+        if batches is None:
+            batches = [graph.example_inputs(seed) for seed in range(RANDOM_BATCHES)]
+            fallback_note = f"{RANDOM_BATCHES} batches of seeded random inputs"
+        if fallback_note:
+            notes.append(f"calibrated on {fallback_note} (no calibration data given): ranges of real data will differ")
+        check_batches(graph, batches)
+        observers = {n.args[0].name: ActivationObserver() for n in layers}
+        module = graph.module()
+        with torch.no_grad():
+            for batch in batches:
+                _Observing(module, observers).run(*[torch.as_tensor(v) for v in batch])
+        dtype = ACTIVATION_DTYPES[self.activations]
+        inserted: dict[str, fx.Node] = {}
+        for node in layers:
+            activation = node.args[0]
+            if activation.name not in inserted:
+                low, high = observers[activation.name].clip_range(self.calibration, percentile=self.percentile)
+                inserted[activation.name] = self._qdq_activation(graph, activation, activation_qparams(low, high, dtype))
+            weight = self._qdq_weight(graph, node)
+            node.args = (inserted[activation.name], weight, *node.args[2:])
+            node.meta[PROVENANCE] = provenance_of(node).touched_by(self.name)
+        graph.remove_unused_params()
+        stats = {"quantized": len(layers), "float": len(candidates) - len(layers), "activations": len(inserted)}
+        return PassResult(graph, True, stats, notes)
+
+    def _stamp(self, node: fx.Node, source: str, value: torch.Tensor) -> fx.Node:
+        node.meta["val"] = to_meta(value)
+        node.meta[PROVENANCE] = Provenance(source, (self.name,))
+        return node
+
+    def _qdq_activation(self, graph: Graph, activation: fx.Node, params) -> fx.Node:
+        ops, source = torch.ops.slimgraph, provenance_of(activation).source
+        example = activation.meta["val"]
+        with graph.fx_graph.inserting_after(activation):
+            quantized = graph.fx_graph.call_function(
+                ops.quantize_per_tensor.default,
+                (activation, params.scale, params.zero_point, params.qmin, params.qmax, params.dtype))
+        with graph.fx_graph.inserting_after(quantized):
+            restored = graph.fx_graph.call_function(ops.dequantize_per_tensor.default,
+                                                    (quantized, params.scale, params.zero_point))
+        self._stamp(quantized, source, torch.empty(example.shape, dtype=getattr(torch, params.dtype)))
+        return self._stamp(restored, source, torch.empty(example.shape, dtype=torch.float32))
+
+    def _qdq_weight(self, graph: Graph, node: fx.Node) -> fx.Node:
+        ops, weight_node = torch.ops.slimgraph, node.args[1]
+        weight = graph.params[weight_node.target]
+        scales, zero_points = weight_qparams_per_channel(weight)
+        quantized = ops.quantize_per_channel(weight, scales, zero_points, 0, -127, 127, "int8")
+        stem, source = weight_node.target, provenance_of(node).source
+        with graph.fx_graph.inserting_before(node):
+            attrs = []
+            for suffix, tensor in (("int8", quantized), ("scale", scales), ("zero_point", zero_points)):
+                graph.params[f"{stem}.{suffix}"] = tensor
+                attr = graph.fx_graph.get_attr(f"{stem}.{suffix}")
+                attrs.append(self._stamp(attr, source, tensor))
+            restored = graph.fx_graph.call_function(ops.dequantize_per_channel.default, (*attrs, 0))
+        return self._stamp(restored, source, weight)
