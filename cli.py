@@ -18,6 +18,7 @@ from slimgraph.cli_tune import add_tune_parser, add_tuning_options, print_tuning
 from slimgraph.ir.errors import SlimgraphError
 
 stdout = Console()
+MAX_NOTES = 12  # per pass, in compile's summary
 stderr = Console(stderr=True)
 
 
@@ -63,6 +64,12 @@ def _compile(args) -> int:
         table.add_row("latency (median)",
                       f"{report.latency['median_ms']:.3f} ms over {report.latency['runs']} runs{emulated}")
     stdout.print(table)
+    for record in (r for r in report.passes if r.pass_.lossy):  # quantize: calibration, per-layer SQNR
+        for note in record.notes[:MAX_NOTES]:
+            stdout.print(f"  {record.pass_.name}: {note}")
+        if len(record.notes) > MAX_NOTES:
+            stdout.print(f"  {record.pass_.name}: ... {len(record.notes) - MAX_NOTES} more: slimgraph dump MODEL "
+                         f"--pipeline '{compiled.metadata['pipeline']}' --stats")
     if args.trials:
         print_tuning_summary(report.tuning)
     return 0
@@ -91,11 +98,17 @@ def _dump(args) -> int:
     if args.dump_dir:
         options.dump_dir = args.dump_dir
     loaded = load_model(args.model)
-    graph = loaded.graph
+    graph, records = loaded.graph, []
     if len(pipeline) or options.dump_dir:
-        with trace_rules(set(options.trace_rule)):
-            graph = PassManager(pipeline, options.build(inputs=loaded.example_inputs),
-                                repro_dir=options.dump_dir).run(graph).graph
+        from slimgraph.calibration_io import read_calibration
+        from slimgraph.rewrites.quantize import calibration_data
+
+        batches = read_calibration(args.calib, graph.input_specs()) if args.calib else None
+        stand_in = "" if batches else "the model's example inputs (1 batch)"
+        with trace_rules(set(options.trace_rule)), calibration_data(batches or [loaded.example_inputs], stand_in):
+            result = PassManager(pipeline, options.build(inputs=loaded.example_inputs),
+                                 repro_dir=options.dump_dir).run(graph)
+            graph, records = result.graph, result.records
     if args.output:
         ir.save(graph, args.output)
         stderr.print(f"wrote {args.output} and its parameters {Path(args.output).with_suffix('.safetensors').name}")
@@ -116,6 +129,9 @@ def _dump(args) -> int:
         for node, macs in sorted(stats.macs_by_node.items(), key=lambda item: -item[1])[:15]:
             heavy.add_row(f"%{node}", f"{macs / 1e6:,.1f}")
         stdout.print(heavy)
+        for record in records:  # e.g. quantize: per-layer SQNR, most sensitive first
+            for note in record.notes:
+                stdout.print(f"{record.pass_.name}: {note}")
     return 0
 
 
@@ -235,8 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     dump = commands.add_parser("dump", help="print a model's IR text and statistics")
     dump.add_argument("model", help="built-in name, model.onnx, dump.ir or file.py:factory")
     dump.add_argument("-o", "--output", help="save the IR (.ir + .safetensors) instead of printing it")
-    dump.add_argument("--stats", action="store_true", help="also list the heaviest nodes by MACs")
+    dump.add_argument("--stats", action="store_true",
+                      help="also list the heaviest nodes by MACs and the passes' notes (quantize: per-layer SQNR)")
     dump.add_argument("--dump-dir", help="write one IR file per pass here")
+    dump.add_argument("--calib", help="calibration data for the quantize pass (.npz or a folder of them)")
     _add_pass_options(dump, default_pipeline="none")
     dump.set_defaults(handler=_dump)
 

@@ -17,9 +17,14 @@ calibration_data=...)` does it; without data, compile passes the model's example
 stand-in); with nothing at all, the graph's seeded random inputs (8 batches). A note says which. Ranges come from rewrites/calibration.py (`calibration=minmax,
 percentile, entropy or mse`). A layer whose weight is not a constant stays float, with the reason
 in the notes; `exclude=[name,...]` keeps the named nodes or modules (and their children) float.
+
+Sensitivity: after insertion, each quantized layer's output is compared with the float graph's
+on up to 4 calibration batches; the notes list every layer's SQNR, lowest (most sensitive) first,
+which is where to look for a layer to `exclude`.
 """
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -39,6 +44,7 @@ aten = torch.ops.aten
 QUANTIZABLE = (aten.conv2d.default, aten.linear.default)
 ACTIVATION_DTYPES = {"u8": "uint8", "s8": "int8"}
 RANDOM_BATCHES = 8
+SENSITIVITY_BATCHES = 4  # calibration batches the per-layer SQNR is measured on
 
 _CALIBRATION: ContextVar[list | None] = ContextVar("slimgraph_calibration_data", default=None)
 
@@ -83,6 +89,36 @@ class _Observing(fx.Interpreter):
         if node.name in self.observers:
             self.observers[node.name].observe(value)
         return value
+
+
+class _Recording(fx.Interpreter):
+    def __init__(self, module, names):
+        super().__init__(module)
+        self.names, self.values = set(names), {}
+
+    def run_node(self, node):
+        value = super().run_node(node)
+        if node.name in self.names:
+            self.values[node.name] = value
+        return value
+
+
+def layer_sqnr(float_module, quantized_module, names: list[str], batches) -> dict[str, float]:
+    """Per-layer sensitivity: 10 log10(sum y^2 / sum (y - y_q)^2) of each layer's output y in the
+    float graph against y_q in the quantized one (errors of earlier layers included), over `batches`."""
+    signal, noise = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
+    with torch.no_grad():
+        for batch in batches:
+            inputs = [torch.as_tensor(v) for v in batch]
+            expected, actual = _Recording(float_module, names), _Recording(quantized_module, names)
+            expected.run(*inputs)
+            actual.run(*inputs)
+            for name in names:
+                reference = expected.values[name].double()
+                signal[name] += float((reference ** 2).sum())
+                noise[name] += float(((reference - actual.values[name].double()) ** 2).sum())
+    return {name: math.inf if noise[name] == 0 else 10 * math.log10(max(signal[name], 1e-300) / noise[name])
+            for name in names}
 
 
 def _matches(node: fx.Node, name: str) -> bool:
@@ -145,6 +181,10 @@ class Quantize(Pass):
             node.args = (inserted[activation.name], weight, *node.args[2:])
             node.meta[PROVENANCE] = provenance_of(node).touched_by(self.name)
         graph.remove_unused_params()
+        sensitivity = layer_sqnr(module, graph.module(), [n.name for n in layers], batches[:SENSITIVITY_BATCHES])
+        for node in sorted(layers, key=lambda n: sensitivity[n.name]):  # the most sensitive first
+            notes.append(f"%{node.name} ({provenance_of(node).source or '-'}): output SQNR "
+                         f"{sensitivity[node.name]:.1f} dB vs float")
         stats = {"quantized": len(layers), "float": len(candidates) - len(layers), "activations": len(inserted)}
         return PassResult(graph, True, stats, notes)
 

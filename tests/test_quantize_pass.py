@@ -39,6 +39,17 @@ def test_ir_before_and_after_on_the_digit_cnn():
     assert any("calibrated on 8 batches of seeded random inputs (no calibration data given)" in note
                for note in record.notes)
     assert graph_stats(after).parameter_bytes < graph_stats(graph).parameter_bytes / 3  # int8 weights
+    sensitivity = [n for n in record.notes if "output SQNR" in n]
+    assert len(sensitivity) == 4 and any(n.startswith("%conv2d (conv1): output SQNR ") for n in sensitivity)
+    values = [float(n.split("output SQNR ")[1].split(" dB")[0]) for n in sensitivity]
+    assert values == sorted(values) and all(v > 25 for v in values)  # most sensitive first
+
+
+def test_sensitivity_in_dump_stats(capsys):
+    code, stdout, _ = run_cli(capsys, "dump", "digit_cnn", "--pipeline", "fold-bn,quantize", "--stats")
+    assert code == 0
+    assert "quantize: calibrated on the model's example inputs (1 batch)" in stdout
+    assert sum("output SQNR" in line and "dB vs float" in line for line in stdout.splitlines()) == 4
 
 
 @pytest.mark.parametrize("method, float_sqnr", [("minmax", 30), ("percentile", 30), ("mse", 30), ("entropy", 12)])
