@@ -20,7 +20,9 @@ in the notes; `exclude=[name,...]` keeps the named nodes or modules (and their c
 
 Sensitivity: after insertion, each quantized layer's output is compared with the float graph's
 on up to 4 calibration batches; the notes list every layer's SQNR, lowest (most sensitive) first,
-which is where to look for a layer to `exclude`.
+which is where to look for a layer to `exclude`. `min_sqnr=30` automates it: while the model's
+output SQNR (same batches) is below 30 dB, the layer whose quantization alone hurts the output
+most goes back to float (greedy, one-at-a-time sensitivity).
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ from slimgraph.ir.graph import PROVENANCE, Graph, Provenance, provenance_of
 from slimgraph.ir.shapes import to_meta
 
 from .base import Pass, PassError, PassResult, register_pass
+from .instruments import output_sqnr_db
 from .calibration import METHODS, ActivationObserver, activation_qparams, weight_qparams_per_channel
 
 aten = torch.ops.aten
@@ -136,12 +139,15 @@ class Quantize(Pass):
     activations: str = "u8"
     percentile: float = 99.99
     exclude: list[str] = field(default_factory=list)
+    min_sqnr: float = 0.0  # > 0: keep the fewest layers float that hold the output SQNR (dB) above it
 
     def run(self, graph):
         if self.calibration not in METHODS:
             raise PassError(f"quantize: unknown calibration '{self.calibration}' (known: {', '.join(METHODS)})")
         if self.activations not in ACTIVATION_DTYPES:
             raise PassError(f"quantize: activations must be u8 or s8, got '{self.activations}'")
+        if self.min_sqnr < 0:
+            raise PassError(f"quantize: min_sqnr must be >= 0 dB, got {self.min_sqnr}")
         if not 50 < self.percentile <= 100:
             raise PassError(f"quantize: percentile must be in (50, 100], got {self.percentile}")
         candidates = [n for n in graph.fx_graph.nodes if n.op == "call_function" and n.target in QUANTIZABLE]
@@ -171,22 +177,62 @@ class Quantize(Pass):
             for batch in batches:
                 _Observing(module, observers).run(*[torch.as_tensor(v) for v in batch])
         dtype = ACTIVATION_DTYPES[self.activations]
-        inserted: dict[str, fx.Node] = {}
+        activation_params = {}
         for node in layers:
+            low, high = observers[node.args[0].name].clip_range(self.calibration, percentile=self.percentile)
+            activation_params[node.args[0].name] = activation_qparams(low, high, dtype)
+        chosen = [n.name for n in layers]
+        evaluation = batches[:SENSITIVITY_BATCHES]
+        quantized = self._quantized_copy(graph, chosen, activation_params)
+        if self.min_sqnr > 0:
+            chosen, quantized = self._hold_output_sqnr(graph, quantized, chosen, activation_params, evaluation, notes)
+        sensitivity = layer_sqnr(module, quantized.module(), chosen, evaluation)
+        source = {n.name: provenance_of(n).source or "-" for n in layers}
+        for name in sorted(chosen, key=sensitivity.get):  # the most sensitive first
+            notes.append(f"%{name} ({source[name]}): output SQNR {sensitivity[name]:.1f} dB vs float")
+        activations = len({graph.node(name).args[0].name for name in chosen})
+        stats = {"quantized": len(chosen), "float": len(candidates) - len(chosen), "activations": activations}
+        return PassResult(quantized, bool(chosen), stats, notes)
+
+    def _quantized_copy(self, graph: Graph, names: list[str], activation_params: dict) -> Graph:
+        """A copy of `graph` with the layers `names` quantized (see the module docstring)."""
+        result = graph.copy()
+        inserted: dict[str, fx.Node] = {}
+        for name in names:
+            node = result.node(name)
             activation = node.args[0]
             if activation.name not in inserted:
-                low, high = observers[activation.name].clip_range(self.calibration, percentile=self.percentile)
-                inserted[activation.name] = self._qdq_activation(graph, activation, activation_qparams(low, high, dtype))
-            weight = self._qdq_weight(graph, node)
-            node.args = (inserted[activation.name], weight, *node.args[2:])
+                inserted[activation.name] = self._qdq_activation(result, activation, activation_params[activation.name])
+            node.args = (inserted[activation.name], self._qdq_weight(result, node), *node.args[2:])
             node.meta[PROVENANCE] = provenance_of(node).touched_by(self.name)
-        graph.remove_unused_params()
-        sensitivity = layer_sqnr(module, graph.module(), [n.name for n in layers], batches[:SENSITIVITY_BATCHES])
-        for node in sorted(layers, key=lambda n: sensitivity[n.name]):  # the most sensitive first
-            notes.append(f"%{node.name} ({provenance_of(node).source or '-'}): output SQNR "
-                         f"{sensitivity[node.name]:.1f} dB vs float")
-        stats = {"quantized": len(layers), "float": len(candidates) - len(layers), "activations": len(inserted)}
-        return PassResult(graph, True, stats, notes)
+        result.remove_unused_params()
+        return result
+
+    def _hold_output_sqnr(self, graph, quantized, chosen, activation_params, batches, notes):
+        """Automatic float fallback: while the model's output SQNR is below `min_sqnr`, give back to
+        float the layer that hurts most when quantized alone (one-at-a-time sensitivity)."""
+        def output_sqnr(candidate: Graph) -> float:
+            expected = [graph.run(*b) for b in batches]
+            actual = [candidate.run(*b) for b in batches]
+            return output_sqnr_db([t for o in expected for t in o], [t for o in actual for t in o])
+
+        achieved = output_sqnr(quantized)
+        if achieved >= self.min_sqnr:
+            notes.append(f"output SQNR {achieved:.1f} dB >= min_sqnr {self.min_sqnr:g}: every layer quantized")
+            return chosen, quantized
+        alone = {name: output_sqnr(self._quantized_copy(graph, [name], activation_params)) for name in chosen}
+        kept_float = []
+        for name in sorted(chosen, key=alone.get):
+            kept_float.append(name)
+            chosen = [n for n in chosen if n != name]
+            quantized = self._quantized_copy(graph, chosen, activation_params)
+            achieved = output_sqnr(quantized)
+            if achieved >= self.min_sqnr:
+                break
+        listed = ", ".join(f"%{n} ({alone[n]:.1f} dB alone)" for n in kept_float)
+        notes.append(f"min_sqnr {self.min_sqnr:g} dB: {len(kept_float)} layer(s) kept float ({listed}); "
+                     f"output SQNR now {achieved:.1f} dB")
+        return chosen, quantized
 
     def _stamp(self, node: fx.Node, source: str, value: torch.Tensor) -> fx.Node:
         node.meta["val"] = to_meta(value)

@@ -121,3 +121,20 @@ def test_cli_calibration_file(tmp_path, capsys):
                            "-o", str(tmp_path / "c.so"))
     assert_one_line_error(code, err, "calibration data given, but pipeline", "has no quantize pass")
     assert not (tmp_path / "b.so").exists() and not (tmp_path / "c.so").exists()
+
+
+def test_min_sqnr_keeps_the_fewest_layers_float():
+    """digit_cnn's output SQNR with every layer quantized is about 42 dB on its example input:
+    asking for 48 dB sends the layers that hurt most alone back to float, until it holds."""
+    module, inputs, graph = imported_model("digit_cnn")
+    _, everything, record = quantized("digit_cnn", "quantize{min_sqnr=20}", batches=[inputs])
+    assert record.stats["quantized"] == 4 and any("every layer quantized" in n for n in record.notes)
+    _, after, record = quantized("digit_cnn", "quantize{min_sqnr=48}", batches=[inputs])
+    kept = record.stats["float"]
+    assert 1 <= kept < 4 and record.stats["quantized"] == 4 - kept
+    note = next(n for n in record.notes if n.startswith("min_sqnr 48 dB:"))
+    assert f"{kept} layer(s) kept float" in note
+    assert sqnr_db(graph.run(*inputs)[0], after.run(*inputs)[0]) >= 48
+    assert sqnr_db(graph.run(*inputs)[0], everything.run(*inputs)[0]) < 48
+    with pytest.raises(PassError, match="min_sqnr must be >= 0 dB, got -1.0"):
+        quantized("digit_cnn", "quantize{min_sqnr=-1}")
