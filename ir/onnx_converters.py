@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from . import onnx_layout, onnx_spatial
+from . import onnx_layout, onnx_quant, onnx_spatial
 from .onnx_context import NodeContext, converter_table, f32_scalar, python_scalar, torch_dtype
 from .onnx_layout import reshape
 
@@ -232,4 +232,5 @@ def _global_pool(ctx: NodeContext):
     return ctx.call(op, ctx.input(0), list(range(2, rank)), True)
 
 
-CONVERTERS: dict[str, Callable[[NodeContext], object]] = {**_OWN, **onnx_layout.CONVERTERS, **onnx_spatial.CONVERTERS}
+CONVERTERS: dict[str, Callable[[NodeContext], object]] = {**_OWN, **onnx_layout.CONVERTERS, **onnx_spatial.CONVERTERS,
+                                                        **onnx_quant.CONVERTERS}

@@ -1,0 +1,66 @@
+"""ONNX QuantizeLinear / DequantizeLinear (the QDQ format of ONNX Runtime's `quantize_static`)
+into slimgraph's quantize / dequantize ops (ir/slimgraph_ops.py).
+
+    QuantizeLinear(x, s, z)    -> slimgraph.quantize_per_tensor(x, s, z, dtype range)   (scalar s)
+                                  slimgraph.quantize_per_channel(x, s, z, axis, ...)   (1-D s)
+    DequantizeLinear(q, s, z)  -> slimgraph.dequantize_per_tensor / dequantize_per_channel
+
+The zero point's dtype (uint8 when absent) is the quantized dtype; scales and zero points must be
+constants. ONNX rounds x / s before adding z, our ops (as PyTorch) after: outputs can differ by
+one quantization step where x / s is exactly halfway between two levels.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import slimgraph_ops  # noqa: F401  (registers torch.ops.slimgraph)
+from .onnx_context import NodeContext, converter_table
+
+_OWN, converter = converter_table()
+RANGES = {torch.uint8: (0, 255), torch.int8: (-128, 127)}
+
+
+def _scale_and_zero(ctx: NodeContext, what: str):
+    scale = ctx.const(1, f"{what} scale")
+    if scale is None:
+        raise ctx.error(f"{what} scale must be a constant")
+    if ctx.has(2):
+        zero = ctx.const(2, f"{what} zero point")
+        if zero is None:
+            raise ctx.error(f"{what} zero point must be a constant")
+    else:
+        zero = torch.zeros(scale.shape, dtype=torch.uint8)
+    if ctx.attr("block_size", 0):
+        raise ctx.error("blocked quantization (block_size) is not supported")
+    return scale.to(torch.float32), zero
+
+
+@converter("QuantizeLinear")
+def _quantize_linear(ctx: NodeContext):
+    scale, zero = _scale_and_zero(ctx, "QuantizeLinear")
+    if zero.dtype not in RANGES:
+        raise ctx.error(f"QuantizeLinear to {str(zero.dtype).replace('torch.', '')} is not supported (int8, uint8)")
+    qmin, qmax = RANGES[zero.dtype]
+    dtype = str(zero.dtype).replace("torch.", "")
+    ops = torch.ops.slimgraph
+    if scale.numel() == 1:
+        return ctx.call(ops.quantize_per_tensor.default, ctx.input(0), float(scale.reshape(())),
+                        int(zero.reshape(())), qmin, qmax, dtype)
+    axis = ctx.attr("axis", 1) % ctx.rank(0)
+    return ctx.call(ops.quantize_per_channel.default, ctx.input(0), ctx.param("scale", scale),
+                    ctx.param("zero_point", zero.to(torch.int32)), axis, qmin, qmax, dtype)
+
+
+@converter("DequantizeLinear")
+def _dequantize_linear(ctx: NodeContext):
+    scale, zero = _scale_and_zero(ctx, "DequantizeLinear")
+    ops = torch.ops.slimgraph
+    if scale.numel() == 1:
+        return ctx.call(ops.dequantize_per_tensor.default, ctx.input(0), float(scale.reshape(())),
+                        int(zero.reshape(())))
+    axis = ctx.attr("axis", 1) % ctx.rank(0)
+    return ctx.call(ops.dequantize_per_channel.default, ctx.input(0), ctx.param("scale", scale),
+                    ctx.param("zero_point", zero.to(torch.int32)), axis)
+
+
+CONVERTERS = dict(_OWN)
