@@ -1,4 +1,4 @@
-"""Calibration data from disk (`slimgraph compile --calib PATH`) for the quantize pass.
+"""Calibration data for the quantize pass: from disk (`--calib PATH`) and as the pass's context.
 
 PATH is an `.npz` file or a folder of them. Each file holds one array per graph input, named as
 the input: either one sample (the input's exact shape) or N samples stacked on a new first axis
@@ -14,10 +14,23 @@ import numpy as np
 import torch
 
 from slimgraph.ir.errors import SlimgraphError
+from slimgraph.rewrites.quantize import calibration_data
+
+STAND_IN = "the model's example inputs (1 batch)"
 
 
 class CalibrationDataError(SlimgraphError):
     """Calibration data on disk that cannot feed the model."""
+
+
+def calibration_scope(data, input_specs, example_inputs):
+    """The context `compile` and `dump` run the passes in: `data` (batches, or an .npz file /
+    folder) for the quantize pass or, when it is None, the model's example inputs as a stand-in."""
+    if data is None:
+        return calibration_data([example_inputs], STAND_IN)
+    if isinstance(data, (str, os.PathLike)):
+        data = read_calibration(data, input_specs)
+    return calibration_data(data)
 
 
 def read_calibration(path: str | os.PathLike, input_specs) -> list[tuple[torch.Tensor, ...]]:

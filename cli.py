@@ -100,12 +100,10 @@ def _dump(args) -> int:
     loaded = load_model(args.model)
     graph, records = loaded.graph, []
     if len(pipeline) or options.dump_dir:
-        from slimgraph.calibration_io import read_calibration
-        from slimgraph.rewrites.quantize import calibration_data
+        from slimgraph.calibration_io import calibration_scope
 
-        batches = read_calibration(args.calib, graph.input_specs()) if args.calib else None
-        stand_in = "" if batches else "the model's example inputs (1 batch)"
-        with trace_rules(set(options.trace_rule)), calibration_data(batches or [loaded.example_inputs], stand_in):
+        with trace_rules(set(options.trace_rule)), \
+                calibration_scope(args.calib, graph.input_specs(), loaded.example_inputs):
             result = PassManager(pipeline, options.build(inputs=loaded.example_inputs),
                                  repro_dir=options.dump_dir).run(graph)
             graph, records = result.graph, result.records

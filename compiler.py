@@ -21,6 +21,7 @@ from rich.console import Console
 
 import slimgraph
 from slimgraph import ir
+from slimgraph.calibration_io import calibration_scope
 from slimgraph.ir.errors import SlimgraphError
 from slimgraph.codegen.aarch64 import QEMU, can_run, cross_compiler
 from slimgraph.codegen.artifact import check_writable
@@ -31,8 +32,6 @@ from slimgraph.lowering import kernel_launches, kernel_names, lower
 from slimgraph.model_source import LoadedModel, load_model
 from slimgraph.rewrites import InstrumentOptions, PassManager, load_plugin, parse_pipeline, trace_rules
 from slimgraph.rewrites.manager import PassRecord
-from slimgraph.rewrites.quantize import calibration_data as calibration_context
-from slimgraph.calibration_io import read_calibration
 from slimgraph.runtime import CompiledModel
 
 
@@ -129,10 +128,7 @@ def compile(model: Any, example_inputs: Sequence[torch.Tensor] | None = None, *,
     if len(passes) or options.dump_dir:
         with _stage(report, console, f"passes: {passes or 'none'}"), trace_rules(set(options.trace_rule)):
             manager = PassManager(passes, options.build(inputs=loaded.example_inputs), repro_dir=options.dump_dir)
-            if isinstance(calibration_data, (str, os.PathLike)):
-                calibration_data = read_calibration(calibration_data, graph.input_specs())
-            stand_in = "the model's example inputs (1 batch)" if calibration_data is None else ""
-            with calibration_context(calibration_data or [loaded.example_inputs], stand_in):
+            with calibration_scope(calibration_data, graph.input_specs(), loaded.example_inputs):
                 result = manager.run(graph)
             graph, report.passes = result.graph, result.records
     tuning = tuning or TuningOptions()

@@ -13,23 +13,15 @@ from __future__ import annotations
 
 import torch
 
-from . import slimgraph_ops  # noqa: F401  (registers torch.ops.slimgraph)
 from .onnx_context import NodeContext, converter_table
+from .slimgraph_ops import QUANT_RANGES  # importing it registers torch.ops.slimgraph
 
 _OWN, converter = converter_table()
-RANGES = {torch.uint8: (0, 255), torch.int8: (-128, 127)}
 
 
 def _scale_and_zero(ctx: NodeContext, what: str):
-    scale = ctx.const(1, f"{what} scale")
-    if scale is None:
-        raise ctx.error(f"{what} scale must be a constant")
-    if ctx.has(2):
-        zero = ctx.const(2, f"{what} zero point")
-        if zero is None:
-            raise ctx.error(f"{what} zero point must be a constant")
-    else:
-        zero = torch.zeros(scale.shape, dtype=torch.uint8)
+    scale = ctx.const(1, f"{what} scale")  # a one-line error when computed at run time
+    zero = ctx.const(2, f"{what} zero point") if ctx.has(2) else torch.zeros(scale.shape, dtype=torch.uint8)
     if ctx.attr("block_size", 0):
         raise ctx.error("blocked quantization (block_size) is not supported")
     return scale.to(torch.float32), zero
@@ -38,10 +30,10 @@ def _scale_and_zero(ctx: NodeContext, what: str):
 @converter("QuantizeLinear")
 def _quantize_linear(ctx: NodeContext):
     scale, zero = _scale_and_zero(ctx, "QuantizeLinear")
-    if zero.dtype not in RANGES:
-        raise ctx.error(f"QuantizeLinear to {str(zero.dtype).replace('torch.', '')} is not supported (int8, uint8)")
-    qmin, qmax = RANGES[zero.dtype]
     dtype = str(zero.dtype).replace("torch.", "")
+    if dtype not in QUANT_RANGES:
+        raise ctx.error(f"QuantizeLinear to {dtype} is not supported (int8, uint8)")
+    qmin, qmax = QUANT_RANGES[dtype]
     ops = torch.ops.slimgraph
     if scale.numel() == 1:
         return ctx.call(ops.quantize_per_tensor.default, ctx.input(0), float(scale.reshape(())),

@@ -20,6 +20,7 @@ import torch
 LIBRARY = torch.library.Library("slimgraph", "FRAGMENT")
 
 QUANT_DTYPES = {"int8": torch.int8, "uint8": torch.uint8}
+QUANT_RANGES = {"int8": (-128, 127), "uint8": (0, 255)}  # (qmin, qmax) of each quantized dtype
 
 
 def quant_dtype(name: str) -> torch.dtype:

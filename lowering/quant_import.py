@@ -34,20 +34,23 @@ def _along(importer, node_arg, axis: int, ndim: int, dtype: str):
     return importer.block_builder.emit(relax.op.reshape(values, shape))
 
 
-def _quantize(importer, x, inverse, zero_point, qmin: int, qmax: int, dtype: str):
+def _round_and_clip(importer, scaled, qmin: int, qmax: int, dtype: str):
+    """clip(round(scaled), qmin, qmax) as the quantized dtype: the shared tail of both quantizes."""
     from tvm import relax
 
     bb = importer.block_builder
-    scaled = bb.emit(relax.op.add(relax.op.multiply(x, inverse), zero_point))
-    clipped = bb.emit(relax.op.clip(relax.op.round(scaled), qmin, qmax))
+    clipped = bb.emit(relax.op.clip(relax.op.round(bb.emit(scaled)), qmin, qmax))
     return bb.emit(relax.op.astype(clipped, dtype))
 
 
 def quantize_per_tensor(node, importer):
+    from tvm import relax
+
     x = importer.env[node.args[0]]
     scale, zero_point, qmin, qmax, dtype = node.args[1:6]
     inverse = float(1.0 / torch.tensor(scale, dtype=torch.float32))
-    return _quantize(importer, x, _const(inverse, "float32"), _const(float(zero_point), "float32"), qmin, qmax, dtype)
+    scaled = relax.op.add(relax.op.multiply(x, _const(inverse, "float32")), _const(float(zero_point), "float32"))
+    return _round_and_clip(importer, scaled, qmin, qmax, dtype)
 
 
 def dequantize_per_tensor(node, importer):
@@ -67,10 +70,8 @@ def quantize_per_channel(node, importer):
     ndim = len(node.args[0].meta["val"].shape)
     scales = _along(importer, node.args[1], axis, ndim, "float32")
     zero_points = _along(importer, node.args[2], axis, ndim, "float32")
-    bb = importer.block_builder
-    scaled = bb.emit(relax.op.add(relax.op.divide(x, scales), zero_points))  # the reference divides too
-    clipped = bb.emit(relax.op.clip(relax.op.round(scaled), qmin, qmax))
-    return bb.emit(relax.op.astype(clipped, dtype))
+    scaled = relax.op.add(relax.op.divide(x, scales), zero_points)  # the reference divides too
+    return _round_and_clip(importer, scaled, qmin, qmax, dtype)
 
 
 def dequantize_per_channel(node, importer):

@@ -26,9 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from slimgraph.ir.slimgraph_ops import QUANT_RANGES
+
 METHODS = ("minmax", "percentile", "entropy", "mse")
 BINS = 2048
-QRANGE = {"int8": (-128, 127), "uint8": (0, 255)}
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ def _kl(reference: np.ndarray, quantized: np.ndarray) -> float:
 
 def activation_qparams(low: float, high: float, dtype: str) -> QParams:
     """Affine parameters that map [low, high] (widened to include 0) onto the dtype's range."""
-    qmin, qmax = QRANGE[dtype]
+    qmin, qmax = QUANT_RANGES[dtype]
     low, high = min(low, 0.0), max(high, 0.0)
     if dtype == "int8":  # symmetric: zero_point 0
         high = max(-low, high)

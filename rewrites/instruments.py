@@ -133,16 +133,26 @@ class VerifyEach(Instrument):
             raise PassError(f"pass '{record.pass_.name}' (#{record.index}) left a broken graph: {exc}") from exc
 
 
-def output_sqnr_db(expected, actual) -> float:
-    """Signal-to-quantization-noise ratio of the float outputs, in dB (inf when equal)."""
-    import math
-
+def signal_and_noise(expected, actual) -> tuple[float, float]:
+    """(sum e^2, sum (e - a)^2) over the floating-point tensors of two output lists."""
     signal = noise = 0.0
     for e, a in zip(expected, actual):
         if e.is_floating_point():
             signal += float((e.double() ** 2).sum())
             noise += float(((e.double() - a.double()) ** 2).sum())
+    return signal, noise
+
+
+def sqnr_db(signal: float, noise: float) -> float:
+    """10 log10(signal / noise): inf when there is no noise, -inf when there is no signal."""
+    import math
+
     return math.inf if noise == 0 else 10 * math.log10(signal / noise) if signal > 0 else -math.inf
+
+
+def output_sqnr_db(expected, actual) -> float:
+    """Signal-to-quantization-noise ratio of the float outputs, in dB (inf when equal)."""
+    return sqnr_db(*signal_and_noise(expected, actual))
 
 
 class CheckNumerics(Instrument):

@@ -14,9 +14,10 @@ kernels is a later step, and until then the compiled kernels compute in float.
 
 Calibration data: `calibration_data(batches)` around the pass (`slimgraph.compile(...,
 calibration_data=...)` does it; without data, compile passes the model's example inputs as a
-stand-in); with nothing at all, the graph's seeded random inputs (8 batches). A note says which. Ranges come from rewrites/calibration.py (`calibration=minmax,
-percentile, entropy or mse`). A layer whose weight is not a constant stays float, with the reason
-in the notes; `exclude=[name,...]` keeps the named nodes or modules (and their children) float.
+stand-in); with nothing at all, the graph's seeded random inputs (8 batches). A note says which.
+Ranges come from rewrites/calibration.py (`calibration=minmax, percentile, entropy or mse`). A
+layer whose weight is not a constant stays float, with the reason in the notes;
+`exclude=[name,...]` keeps the named nodes or modules (and their children) float.
 
 Sensitivity: after insertion, each quantized layer's output is compared with the float graph's
 on up to 4 calibration batches; the notes list every layer's SQNR, lowest (most sensitive) first,
@@ -26,7 +27,6 @@ most goes back to float (greedy, one-at-a-time sensitivity).
 """
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -40,7 +40,7 @@ from slimgraph.ir.graph import PROVENANCE, Graph, Provenance, provenance_of
 from slimgraph.ir.shapes import to_meta
 
 from .base import Pass, PassError, PassResult, register_pass
-from .instruments import output_sqnr_db
+from .instruments import output_sqnr_db, signal_and_noise, sqnr_db
 from .calibration import METHODS, ActivationObserver, activation_qparams, weight_qparams_per_channel
 
 aten = torch.ops.aten
@@ -82,19 +82,9 @@ def check_batches(graph: Graph, batches: list) -> None:
                 raise PassError(f"quantize: calibration batch {index}, input '{name}' contains NaN or infinity")
 
 
-class _Observing(fx.Interpreter):
-    def __init__(self, module, observers: dict[str, ActivationObserver]):
-        super().__init__(module)
-        self.observers = observers
-
-    def run_node(self, node):
-        value = super().run_node(node)
-        if node.name in self.observers:
-            self.observers[node.name].observe(value)
-        return value
-
-
 class _Recording(fx.Interpreter):
+    """Runs a graph module and keeps the values of the nodes named `names`."""
+
     def __init__(self, module, names):
         super().__init__(module)
         self.names, self.values = set(names), {}
@@ -106,22 +96,24 @@ class _Recording(fx.Interpreter):
         return value
 
 
+def _record(module, names, batch) -> dict[str, torch.Tensor]:
+    recording = _Recording(module, names)
+    with torch.no_grad():
+        recording.run(*[torch.as_tensor(v) for v in batch])
+    return recording.values
+
+
 def layer_sqnr(float_module, quantized_module, names: list[str], batches) -> dict[str, float]:
     """Per-layer sensitivity: 10 log10(sum y^2 / sum (y - y_q)^2) of each layer's output y in the
     float graph against y_q in the quantized one (errors of earlier layers included), over `batches`."""
-    signal, noise = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
-    with torch.no_grad():
-        for batch in batches:
-            inputs = [torch.as_tensor(v) for v in batch]
-            expected, actual = _Recording(float_module, names), _Recording(quantized_module, names)
-            expected.run(*inputs)
-            actual.run(*inputs)
-            for name in names:
-                reference = expected.values[name].double()
-                signal[name] += float((reference ** 2).sum())
-                noise[name] += float(((reference - actual.values[name].double()) ** 2).sum())
-    return {name: math.inf if noise[name] == 0 else 10 * math.log10(max(signal[name], 1e-300) / noise[name])
-            for name in names}
+    sums = {name: [0.0, 0.0] for name in names}
+    for batch in batches:
+        expected, actual = _record(float_module, names, batch), _record(quantized_module, names, batch)
+        for name in names:
+            signal, noise = signal_and_noise([expected[name]], [actual[name]])
+            sums[name][0] += signal
+            sums[name][1] += noise
+    return {name: sqnr_db(*sums[name]) for name in names}
 
 
 def _matches(node: fx.Node, name: str) -> bool:
@@ -173,9 +165,9 @@ class Quantize(Pass):
         check_batches(graph, batches)
         observers = {n.args[0].name: ActivationObserver() for n in layers}
         module = graph.module()
-        with torch.no_grad():
-            for batch in batches:
-                _Observing(module, observers).run(*[torch.as_tensor(v) for v in batch])
+        for batch in batches:
+            for name, value in _record(module, observers, batch).items():
+                observers[name].observe(value)
         dtype = ACTIVATION_DTYPES[self.activations]
         activation_params = {}
         for node in layers:
@@ -211,10 +203,10 @@ class Quantize(Pass):
     def _hold_output_sqnr(self, graph, quantized, chosen, activation_params, batches, notes):
         """Automatic float fallback: while the model's output SQNR is below `min_sqnr`, give back to
         float the layer that hurts most when quantized alone (one-at-a-time sensitivity)."""
+        expected = [t for batch in batches for t in graph.run(*batch)]  # the float outputs, once
+
         def output_sqnr(candidate: Graph) -> float:
-            expected = [graph.run(*b) for b in batches]
-            actual = [candidate.run(*b) for b in batches]
-            return output_sqnr_db([t for o in expected for t in o], [t for o in actual for t in o])
+            return output_sqnr_db(expected, [t for batch in batches for t in candidate.run(*batch)])
 
         achieved = output_sqnr(quantized)
         if achieved >= self.min_sqnr:

@@ -59,3 +59,27 @@ def test_qdq_model_compiles_and_matches_onnx_runtime(qdq_model):
     step = np.abs(expected).max() / 127  # the output's quantization step is at most this
     assert np.abs(actual - expected).max() <= 2 * step
     assert compiled.report.reference == "ONNX Runtime" and compiled.report.max_abs_diff <= 2 * step
+
+
+def test_per_axis_quantize_linear_compiles_and_matches_onnx_runtime(tmp_path):
+    """QuantizeLinear / DequantizeLinear with one scale per channel (axis 1) on an activation:
+    both per-channel ops stay in the compiled graph (nothing to fold)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    scales = numpy_helper.from_array(np.array([0.02, 0.05, 0.1, 0.3], np.float32), "s")
+    zeros = numpy_helper.from_array(np.array([0, 3, -7, 1], np.int8), "z")
+    graph = helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], axis=1),
+         helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], axis=1)],
+        "per_axis", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 5, 5])], initializer=[scales, zeros])
+    path = tmp_path / "per_axis.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    text = str(from_onnx(str(path)))
+    assert "slimgraph.quantize_per_channel.default" in text and "slimgraph.dequantize_per_channel.default" in text
+    x = np.random.default_rng(2).standard_normal((1, 4, 5, 5)).astype(np.float32) * 5
+    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    actual = slimgraph.compile(str(path), check=False)(x)[0]
+    step = np.array([0.02, 0.05, 0.1, 0.3], np.float32).reshape(1, 4, 1, 1)
+    assert np.all(np.abs(actual - expected) <= step + 1e-6)  # ties may round one step apart
+    assert np.mean(actual == expected) > 0.95

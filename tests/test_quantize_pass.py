@@ -92,6 +92,8 @@ def test_bad_options_and_data_are_one_line_errors():
         quantized("digit_cnn", "quantize{calibration=kl}")
     with pytest.raises(PassError, match="calibration data is empty"):
         quantized("digit_cnn", "quantize", batches=[])
+    with pytest.raises(PassError, match="calibration data is empty"):  # not replaced by a stand-in
+        slimgraph.compile("digit_cnn", pipeline="quantize", check=False, calibration_data=[])
     with pytest.raises(PassError, match=r"batch 1, input 'x': expected float32\[1, 1, 8, 8\], got float32\[1, 1, 9, 9\]"):
         quantized("digit_cnn", "quantize", batches=[(torch.zeros(1, 1, 8, 8),), (torch.zeros(1, 1, 9, 9),)])
     with pytest.raises(PassError, match="batch 0, input 'x': expected float32.*got int64"):
