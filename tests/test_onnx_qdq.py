@@ -61,20 +61,34 @@ def test_qdq_model_compiles_and_matches_onnx_runtime(qdq_model):
     assert compiled.report.reference == "ONNX Runtime" and compiled.report.max_abs_diff <= 2 * step
 
 
-def test_per_axis_quantize_linear_compiles_and_matches_onnx_runtime(tmp_path):
-    """QuantizeLinear / DequantizeLinear with one scale per channel (axis 1) on an activation:
-    both per-channel ops stay in the compiled graph (nothing to fold)."""
+def qdq_file(path, zero_points: np.ndarray) -> str:
+    """x -> QuantizeLinear -> DequantizeLinear, one scale per channel (axis 1) of x[1, 4, 5, 5]."""
     from onnx import TensorProto, helper, numpy_helper
 
     scales = numpy_helper.from_array(np.array([0.02, 0.05, 0.1, 0.3], np.float32), "s")
-    zeros = numpy_helper.from_array(np.array([0, 3, -7, 1], np.int8), "z")
+    zeros = numpy_helper.from_array(zero_points, "z")
     graph = helper.make_graph(
-        [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], axis=1),
-         helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], axis=1)],
+        [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], axis=1, name="quant"),
+         helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], axis=1, name="dequant")],
         "per_axis", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 5, 5])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 5, 5])], initializer=[scales, zeros])
-    path = tmp_path / "per_axis.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10), str(path))
+    return str(path)
+
+
+def test_quantize_linear_to_int16_is_a_one_line_error(tmp_path):
+    from slimgraph.ir.errors import ModelImportError
+
+    path = qdq_file(tmp_path / "int16.onnx", np.zeros(4, np.int16))
+    with pytest.raises(ModelImportError, match="QuantizeLinear to int16 is not supported \\(int8, uint8\\)") as error:
+        from_onnx(path)
+    assert "quant" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_per_axis_quantize_linear_compiles_and_matches_onnx_runtime(tmp_path):
+    """QuantizeLinear / DequantizeLinear with one scale per channel (axis 1) on an activation:
+    both per-channel ops stay in the compiled graph (nothing to fold)."""
+    path = qdq_file(tmp_path / "per_axis.onnx", np.array([0, 3, -7, 1], np.int8))
     text = str(from_onnx(str(path)))
     assert "slimgraph.quantize_per_channel.default" in text and "slimgraph.dequantize_per_channel.default" in text
     x = np.random.default_rng(2).standard_normal((1, 4, 5, 5)).astype(np.float32) * 5
