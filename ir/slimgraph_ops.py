@@ -88,3 +88,6 @@ def _quantize_per_channel_fake(x, scales, zero_points, axis, qmin, qmax, dtype):
 @torch.library.register_fake("slimgraph::dequantize_per_channel")
 def _dequantize_per_channel_fake(q, scales, zero_points, axis):
     return torch.empty_like(q, dtype=torch.float32)
+
+
+from . import quant_ops  # noqa: E402,F401  (the integer conv / linear ops, which use LIBRARY)
