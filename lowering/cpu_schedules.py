@@ -27,6 +27,7 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import try_inline_contiguous_spatial
 
 from .conv_packed import PackedConv2dRule
+from .int8_schedules import Int8Conv2dRule, Int8DenseRule
 from .schedule_common import epilogue_at, largest_divisor, register_budget, vector_lanes
 
 
@@ -167,8 +168,8 @@ class Conv2dRule(dl.ScheduleRule):
 
 
 # First match wins. TVM's own CPU rules follow ours: GEMV (batch-1 dense) and reductions.
-CPU_RULES: list[dl.ScheduleRule] = [PackedConv2dRule(), DenseRule(), Conv2dRule(), dl.cpu.GEMV(),
-                                    dl.cpu.Reduction()]
+CPU_RULES: list[dl.ScheduleRule] = [Int8Conv2dRule(), Int8DenseRule(), PackedConv2dRule(), DenseRule(), Conv2dRule(),
+                                    dl.cpu.GEMV(), dl.cpu.Reduction()]
 
 
 def is_scheduled(func) -> bool:

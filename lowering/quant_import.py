@@ -14,6 +14,8 @@ realization step gives them integer inputs.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -86,7 +88,95 @@ def dequantize_per_channel(node, importer):
     return importer.block_builder.emit(relax.op.multiply(shifted, scales))
 
 
+def _folded_bias(importer, bias, weight, x_zero_point: int):
+    """b' = b_q - z_x * (sum of each output channel's int8 weights), in int32 (lowering.int8_kernels)."""
+    from tvm import relax
+
+    axes = list(range(1, len(weight.ty.shape)))
+    sums = relax.op.sum(relax.op.astype(weight, "int32"), axis=axes)
+    return importer.block_builder.emit(relax.op.subtract(bias, relax.op.multiply(sums, _const(x_zero_point, "int32"))))
+
+
+def _as_uint8(importer, x, x_zero_point: int):
+    """(uint8 input, zero point): an int8 input is shifted by 128, which moves its zero point too."""
+    from tvm import relax
+
+    if str(x.ty.dtype) == "uint8":
+        return x, x_zero_point
+    bb = importer.block_builder
+    shifted = bb.emit(relax.op.add(relax.op.astype(x, "int32"), _const(128, "int32")))
+    return bb.emit(relax.op.astype(shifted, "uint8")), x_zero_point + 128
+
+
+def _requantize(importer, acc, bias, scale, out_zero_point: int, low: float, high: float, out_dtype: str, axis: int):
+    """ir/quant_ops.requantize on the int32 accumulator; elementwise, so fusion puts it into the kernel."""
+    from tvm import relax
+
+    bb, ndim = importer.block_builder, len(acc.ty.shape)
+    shape = [1] * ndim
+    shape[axis] = -1
+    acc = bb.emit(relax.op.add(acc, relax.op.reshape(bias, shape)))
+    scaled = relax.op.multiply(relax.op.astype(acc, "float32"), relax.op.reshape(scale, shape))
+    if out_dtype != "float32":
+        shifted = relax.op.add(relax.op.round(bb.emit(scaled)), _const(float(out_zero_point), "float32"))
+        return _round_and_clip_rounded(importer, shifted, low, high, out_dtype)
+    if low != -math.inf:
+        scaled = relax.op.maximum(bb.emit(scaled), _const(low, "float32"))
+    if high != math.inf:
+        scaled = relax.op.minimum(bb.emit(scaled), _const(high, "float32"))
+    return bb.emit(scaled)
+
+
+def _round_and_clip_rounded(importer, value, low: float, high: float, dtype: str):
+    from tvm import relax
+
+    bb = importer.block_builder
+    clipped = bb.emit(relax.op.clip(bb.emit(value), int(low), int(high)))
+    return bb.emit(relax.op.astype(clipped, dtype))
+
+
+def qconv2d(node, importer):
+    from .int8_kernels import channel_block, pack_conv_weight, qconv2d_acc
+
+    bb = importer.block_builder
+    weight, bias, scale = (importer.env[a] for a in node.args[1:4])
+    x_zero_point, out_zero_point, stride, padding, dilation, groups, low, high, out_dtype = node.args[4:13]
+    if groups != 1:
+        raise ValueError(f"%{node.name}: slimgraph.qconv2d with groups={groups} has no integer kernel")
+    x, x_zero_point = _as_uint8(importer, importer.env[node.args[0]], x_zero_point)
+    block = channel_block(int(weight.ty.shape[0]))
+    packed = bb.emit_te(pack_conv_weight, weight, block, primfunc_name_hint="pack_int8_conv_weight")
+    acc = bb.emit_te(qconv2d_acc, x, packed, list(stride), list(padding), list(dilation), x_zero_point,
+                     primfunc_name_hint="qconv2d")
+    return _requantize(importer, acc, _folded_bias(importer, bias, weight, x_zero_point), scale, out_zero_point, low, high,
+                       out_dtype, 1)
+
+
+def qlinear(node, importer):
+    from tvm import relax
+
+    from .int8_kernels import channel_block, pack_dense_weight, qdense_acc
+
+    bb = importer.block_builder
+    weight, bias, scale = (importer.env[a] for a in node.args[1:4])
+    x_zero_point, out_zero_point, low, high, out_dtype = node.args[4:9]
+    x, x_zero_point = _as_uint8(importer, importer.env[node.args[0]], x_zero_point)
+    leading = [int(d) for d in list(x.ty.shape)[:-1]]
+    out_features, depth = (int(d) for d in weight.ty.shape)
+    rows = bb.emit(relax.op.reshape(x, [math.prod(leading), depth]))
+    if depth % 4:
+        rows = bb.emit(relax.op.nn.pad(rows, [0, 0, 0, 4 - depth % 4], pad_value=float(x_zero_point)))
+    packed = bb.emit_te(pack_dense_weight, weight, channel_block(out_features),
+                        primfunc_name_hint="pack_int8_dense_weight")
+    acc = bb.emit_te(qdense_acc, rows, packed, primfunc_name_hint="qdense")
+    out = _requantize(importer, acc, _folded_bias(importer, bias, weight, x_zero_point), scale, out_zero_point, low, high,
+                      out_dtype, 1)
+    return bb.emit(relax.op.reshape(out, [*leading, out_features]))
+
+
 CONVERTERS = {
+    "qconv2d.default": qconv2d,
+    "qlinear.default": qlinear,
     "quantize_per_tensor.default": quantize_per_tensor,
     "dequantize_per_tensor.default": dequantize_per_tensor,
     "quantize_per_channel.default": quantize_per_channel,

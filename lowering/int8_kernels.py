@@ -1,0 +1,105 @@
+"""Integer conv2d and linear kernels (TE) for slimgraph.qconv2d / qlinear (ir/quant_ops.py).
+
+Both are laid out for 4-way int8 dot products (x86 VNNI `vpdpbusd`, ARM `sdot`/`udot`):
+4 consecutive reduction elements of the uint8 input meet 4 int8 weights of each of `block`
+output channels, and the weights are packed once, at compile time (a kernel on a constant: FoldConstant runs it):
+
+    conv2d:  Wp[o // b, c // 4, kh, kw, o % b, c % 4] = W[o, c, kh, kw]     (0 for c >= C)
+             Xp[n, c // 4, h, w, c % 4] = x[n, c, h - pad_top, w - pad_left]  (z_x outside x and
+                                                                             for c >= C)
+             acc[n, o, oh, ow] = sum_{c4, kh, kw, i} Xp[n, c4, oh*sh + kh*dh, ow*sw + kw*dw, i]
+                                                     * Wp[o // b, c4, kh, kw, o % b, i]
+    linear:  Wp[n // b, k // 4, n % b, k % 4] = W[n, k];  A padded with z_x to a multiple of 4
+             acc[m, n] = sum_{k4, i} A[m, 4 k4 + i] * Wp[n // b, k4, n % b, i]
+
+Xp is a stage of the same kernel (computed per call, uint8: a quarter of the float padding's
+traffic). The input zero point is folded into the bias: padding with z_x makes
+sum (x - z_x) w = sum x w - z_x sum w, so b' = b_q - z_x sum_{c,kh,kw} W[o] is a constant, and
+the rest of ir/quant_ops.py's arithmetic (scale, round, zero point, clamp) is an elementwise
+epilogue that fusion puts into the same kernel. An int8 input becomes uint8 by adding 128
+(z_x + 128). b = 16 output channels (one zmm register of int32) when 16 divides them, else
+the largest of 8, 4, 2, 1.
+"""
+from __future__ import annotations
+
+QCONV_BLOCK = "qconv2d_int8"
+QDENSE_BLOCK = "qdense_int8"
+BLOCK_ATTR = "slimgraph.int8_block"  # block annotation: output channels per packed weight block
+
+
+def channel_block(out_channels: int) -> int:
+    return next(b for b in (16, 8, 4, 2, 1) if out_channels % b == 0)
+
+
+def pack_conv_weight(weight, block: int):
+    """Wp[o // b, c // 4, kh, kw, o % b, c % 4] = W[o, c, kh, kw], 0 for c >= C (TE: folded at compile time)."""
+    from tvm import te, tirx
+
+    out_channels, in_channels, kernel_h, kernel_w = (int(e) for e in weight.shape)
+
+    def element(o, c4, y, x, lane, i):
+        channel = c4 * 4 + i
+        return tirx.if_then_else(channel < in_channels, weight[o * block + lane, tirx.min(channel, in_channels - 1), y, x],
+                                 tirx.const(0, "int8"))
+
+    shape = (out_channels // block, -(-in_channels // 4), kernel_h, kernel_w, block, 4)
+    return te.compute(shape, element, name="packed_weight")
+
+
+def pack_dense_weight(weight, block: int):
+    """Wp[n // b, k // 4, n % b, k % 4] = W[n, k], 0 for k >= K (TE: folded at compile time)."""
+    from tvm import te, tirx
+
+    out_features, depth = (int(e) for e in weight.shape)
+
+    def element(n, k4, lane, i):
+        column = k4 * 4 + i
+        return tirx.if_then_else(column < depth, weight[n * block + lane, tirx.min(column, depth - 1)],
+                                 tirx.const(0, "int8"))
+
+    return te.compute((out_features // block, -(-depth // 4), block, 4), element, name="packed_weight")
+
+
+def qconv2d_acc(data, packed, strides, padding, dilation, x_zero_point: int):
+    """int32 accumulator of the packed conv (module docstring), without the bias."""
+    from tvm import te, tirx
+
+    batch, in_channels, height, width = (int(e) for e in data.shape)
+    blocks, groups4, kernel_h, kernel_w, block, _ = (int(e) for e in packed.shape)
+    (top, left), (stride_h, stride_w), (dilation_h, dilation_w) = padding, strides, dilation
+    padded_h, padded_w = height + 2 * top, width + 2 * left
+    out_h = (padded_h - dilation_h * (kernel_h - 1) - 1) // stride_h + 1
+    out_w = (padded_w - dilation_w * (kernel_w - 1) - 1) // stride_w + 1
+
+    def gather(n, c4, h, w, i):
+        channel, row, column = c4 * 4 + i, h - top, w - left
+        inside = tirx.all(channel < in_channels, row >= 0, row < height, column >= 0, column < width)
+        return tirx.if_then_else(inside, data[n, tirx.min(channel, in_channels - 1), row, column],
+                                 tirx.const(x_zero_point, "uint8"))
+
+    packed_data = te.compute((batch, groups4, padded_h, padded_w, 4), gather, name="pad_pack")
+    rc = te.reduce_axis((0, groups4), name="rc")
+    ry = te.reduce_axis((0, kernel_h), name="ry")
+    rx = te.reduce_axis((0, kernel_w), name="rx")
+    ri = te.reduce_axis((0, 4), name="ri")
+    return te.compute(
+        (batch, blocks * block, out_h, out_w),
+        lambda n, o, y, x: te.sum(
+            packed_data[n, rc, y * stride_h + ry * dilation_h, x * stride_w + rx * dilation_w, ri].astype("int32")
+            * packed[o // block, rc, ry, rx, o % block, ri].astype("int32"), axis=[rc, ry, rx, ri]),
+        name=QCONV_BLOCK, attrs={BLOCK_ATTR: block})
+
+
+def qdense_acc(data, packed):
+    """int32 accumulator of the packed linear: data [M, 4 * K4] uint8 (module docstring)."""
+    from tvm import te
+
+    rows = int(data.shape[0])
+    blocks, groups4, block, _ = (int(e) for e in packed.shape)
+    rk = te.reduce_axis((0, groups4), name="rk")
+    ri = te.reduce_axis((0, 4), name="ri")
+    return te.compute(
+        (rows, blocks * block),
+        lambda m, n: te.sum(data[m, rk * 4 + ri].astype("int32") * packed[n // block, rk, n % block, ri].astype("int32"),
+                            axis=[rk, ri]),
+        name=QDENSE_BLOCK, attrs={BLOCK_ATTR: block})

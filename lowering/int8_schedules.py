@@ -1,0 +1,185 @@
+"""Schedules for the integer conv2d / linear kernels (lowering/int8_kernels.py).
+
+Both put `b` output channels in the vector lanes, like the float rules, and keep a tile of
+int32 accumulators in registers over the whole reduction:
+
+    conv2d:  o -> (oo, ov, ol: b lanes),  ow -> (owo, owt)
+             order (n, oo, oh, owo | c4, kh, kw, ov, owt, ol, i);  (n, oo, oh) parallel
+    linear:  n -> (no, nv, nl: b lanes),  m -> (mo, mt)
+             order (mo, no | k4, mt, nv, nl, i);  (mo, no) parallel
+
+On x86 with AVX512-VNNI and b = 16, the innermost (ol, i) = 16 x 4 loop nest is one `vpdpbusd`:
+acc[16 x int32] += sum_{i<4} broadcast(x[4 x uint8])[i] * Wp[16 x 4 int8][.., i], tensorized with
+the intrinsic below (TVM's own `dot_16x4_vnni` does not pass LLVM 22's verifier:
+../shared/tvm-notes.md gotcha 8). Elsewhere the same tile runs as int32 multiply-adds
+vectorized over ol (i outside it). The requantization epilogue is computed per tile, so each
+output is written once.
+"""
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir import dlight as dl
+from tvm.s_tir.dlight.analysis import normalize_prim_func
+
+from .conv_packed import choose_tile
+from .int8_kernels import BLOCK_ATTR, QCONV_BLOCK, QDENSE_BLOCK
+from .schedule_common import attach_epilogue, register_budget
+
+VNNI_INTRIN = "slimgraph_vnni_16x4_u8i8i32"
+
+
+def _register_vnni() -> None:
+    """Our own copy of TVM's 16x4 u8 x i8 description (importing tvm.s_tir.tensor_intrin parses
+    every target's intrinsics: tens of seconds) with an implementation LLVM 22 accepts."""
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    if TensorIntrin.get(VNNI_INTRIN, allow_missing=True) is not None:
+        return
+
+    @T.prim_func(s_tir=True)
+    def description(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((16, 4), "int8", offset_factor=1),
+                    c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:16], a[0:4], b[0:16, 0:4])
+            T.writes(c[0:16])
+            for i, k in T.grid(16, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def vnni(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((16, 4), "int8", offset_factor=1),
+             c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:16], a[0:4], b[0:16, 0:4])
+            T.writes(c[0:16])
+            four = T.reinterpret(a.vload([0], "uint8x4"), dtype="int32")  # 4 uint8 as one int32
+            c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), c.vload([0], dtype="int32x16"),
+                T.reinterpret(T.broadcast(four, 16), dtype="uint8x64"), b.vload([0, 0], dtype="int8x64"),
+                dtype="int32x16")
+
+    TensorIntrin.register(VNNI_INTRIN, description, vnni)
+
+
+def has_vnni(target) -> bool:
+    from tvm.target import codegen
+
+    if target.kind.name != "llvm" or str(target.attrs.get("mtriple", "")).startswith("aarch64"):
+        return False
+    with target:
+        return bool(codegen.target_has_features("avx512vnni"))
+
+
+def _int8_kernel(func, target, block_name: str):
+    """(schedule, infos, the accumulator's info, its lane block) when `func` is that kernel, else None."""
+    if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+        return None
+    sch = s_tir.Schedule(func)
+    infos = normalize_prim_func(sch)
+    reductions = [info for info in infos or [] if info.is_reduction()]
+    if len(reductions) != 1 or not sch.get(reductions[0].block_rv).name_hint.startswith(block_name):
+        return None
+    if not all(info.is_injective() for info in infos if info is not reductions[0]):
+        return None
+    stmt = sch.get(reductions[0].block_rv)
+    if BLOCK_ATTR not in stmt.annotations:
+        return None
+    return sch, infos, reductions[0], int(stmt.annotations[BLOCK_ATTR])
+
+
+def _finish(sch, block, first_reduction, lanes_loop, tensorize: bool) -> None:
+    init = sch.decompose_reduction(block, first_reduction)
+    sch.vectorize(sch.get_loops(init)[-1])
+    if tensorize:
+        _register_vnni()
+        sch.tensorize(lanes_loop, VNNI_INTRIN)
+    else:
+        sch.vectorize(lanes_loop)
+
+
+def _vectorize_epilogue(sch, epilogue, tile: list[int], lanes: int) -> None:
+    """The epilogue reads the tile `lanes` at a time too, when its two inner loops are the tile."""
+    inner = sch.get_loops(epilogue)[-2:]
+    if lanes >= 4 and [int(sch.get(loop).extent) for loop in inner] == tile:
+        outer, lane = sch.split(inner[0], [None, lanes])
+        sch.reorder(outer, inner[1], lane)
+        sch.vectorize(lane)
+
+
+class Int8Conv2dRule(dl.ScheduleRule):
+    """Schedule for the `qconv2d_int8` kernels (module docstring)."""
+
+    name = "conv2d-int8"
+
+    def apply(self, func, target, tunable):
+        found = _int8_kernel(func, target, QCONV_BLOCK)
+        if found is None:
+            return None
+        sch, infos, conv, cb = found
+        before, after = infos[:infos.index(conv)], infos[infos.index(conv) + 1:]
+        for info in after[:-1]:
+            sch.compute_inline(info.block_rv)
+        block = conv.block_rv
+        stmt = sch.get(block)
+        batch, channels, out_h, out_w = (int(e) for e in stmt.writes[0].source.shape)
+        spatial = [iv for iv in stmt.iter_vars if iv.iter_type == 0]
+        if len(spatial) != 3 + (batch > 1):
+            return None
+        loops = sch.get_loops(block)
+        *batch_loops, co, oh, ow = loops[:len(spatial)]
+        *outer_reduction, inner = loops[len(spatial):]
+        tensorize = cb == 16 and has_vnni(target)
+        v, owt = choose_tile(channels // cb, out_w, register_budget(target))
+        coo, cv, cl = sch.split(co, [None, v, cb])
+        owo, owi = sch.split(ow, [None, owt])
+        lanes_last = [cl, inner] if tensorize else [inner, cl]
+        sch.reorder(*batch_loops, coo, oh, owo, *outer_reduction, cv, owi, *lanes_last)
+        epilogue = attach_epilogue(sch, block, after[-1].block_rv if after else None, owo)
+        sch.transform_layout(block, ("write", 0), lambda n, c, y, x: (n, c // cb, y, x, c % cb))
+        _vectorize_epilogue(sch, epilogue, [v * cb, owt], cb)
+        sch.parallel(sch.fuse(*batch_loops, coo, oh))
+        sch.unroll(cv)
+        sch.unroll(owi)
+        for info in before:  # the padded, channel-interleaved copy of the input: its own parallel pass
+            pad_loops = sch.get_loops(info.block_rv)
+            sch.parallel(sch.fuse(*pad_loops[:-2]) if len(pad_loops) > 3 else pad_loops[0])
+        _finish(sch, block, outer_reduction[0], cl, tensorize)
+        return sch
+
+
+class Int8DenseRule(dl.ScheduleRule):
+    """Schedule for the `qdense_int8` kernels (module docstring)."""
+
+    name = "dense-int8"
+
+    def apply(self, func, target, tunable):
+        found = _int8_kernel(func, target, QDENSE_BLOCK)
+        if found is None:
+            return None
+        sch, infos, dense, nb = found
+        after = infos[infos.index(dense) + 1:]
+        if infos.index(dense) != 0:
+            return None
+        for info in after[:-1]:
+            sch.compute_inline(info.block_rv)
+        block = dense.block_rv
+        rows, columns = (int(e) for e in sch.get(block).writes[0].source.shape)
+        loops = sch.get_loops(block)
+        if len(loops) != 4:
+            return None
+        m, n, rk, ri = loops
+        tensorize = nb == 16 and has_vnni(target)
+        nv, mt = choose_tile(columns // nb, rows, register_budget(target))
+        no, nvl, nl = sch.split(n, [None, nv, nb])
+        mo, mi = sch.split(m, [None, mt])
+        lanes_last = [nl, ri] if tensorize else [ri, nl]
+        sch.reorder(mo, no, rk, mi, nvl, *lanes_last)
+        epilogue = attach_epilogue(sch, block, after[-1].block_rv if after else None, no)
+        _vectorize_epilogue(sch, epilogue, [mt, nv * nb], 0)
+        sch.parallel(sch.fuse(mo, no))
+        sch.unroll(mi)
+        sch.unroll(nvl)
+        _finish(sch, block, rk, nl, tensorize)
+        return sch
