@@ -98,6 +98,9 @@ def profile_kernels(mod, target, *, min_repeat_ms: int = 50, repeat: int = 3, pr
         if progress is not None:
             progress(name)
         seconds = time_kernel(mod[name], target, min_repeat_ms=min_repeat_ms, repeat=repeat)
-        flops = float(estimate_tir_flops(tvm.IRModule({"main": mod[name]})))
+        try:
+            flops = float(estimate_tir_flops(tvm.IRModule({"main": mod[name]})))
+        except tvm.error.InternalError:  # a tensorized kernel (vpdpbusd) has vector ops it cannot count
+            flops = 0.0
         results.append(KernelTime(name, calls, seconds, flops))
     return sorted(results, key=lambda k: -k.total_seconds)

@@ -167,9 +167,44 @@ class Conv2dRule(dl.ScheduleRule):
         return sch
 
 
+class ElementwiseRule(dl.ScheduleRule):
+    """A kernel of injective blocks only (a quantize that no conv took as its epilogue, a lone
+    add): all but the last inlined, its loops fused and split into parallel chunks of
+    lanes-wide vectors, so a memory-bound pass runs at memory speed instead of one scalar loop."""
+
+    name = "elementwise"
+
+    def apply(self, func, target, tunable):
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if not infos or not all(info.is_injective() for info in infos):
+            return None
+        try:
+            for info in infos[:-1]:
+                sch.compute_inline(info.block_rv)
+        except s_tir.ScheduleError:
+            return None
+        loops = sch.get_loops(infos[-1].block_rv)
+        if not loops:
+            return None
+        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+        extent, lanes = int(sch.get(fused).extent), vector_lanes(target)
+        outer = fused
+        if extent % lanes == 0:
+            outer, inner = sch.split(fused, [None, lanes])
+            sch.vectorize(inner)
+        if extent >= ELEMENTWISE_PARALLEL_MIN:
+            sch.parallel(outer)
+        return sch
+
+
+ELEMENTWISE_PARALLEL_MIN = 16384  # elements; below it a second thread costs more than it saves
+
 # First match wins. TVM's own CPU rules follow ours: GEMV (batch-1 dense) and reductions.
 CPU_RULES: list[dl.ScheduleRule] = [Int8Conv2dRule(), Int8DenseRule(), PackedConv2dRule(), DenseRule(), Conv2dRule(),
-                                    dl.cpu.GEMV(), dl.cpu.Reduction()]
+                                    ElementwiseRule(), dl.cpu.GEMV(), dl.cpu.Reduction()]
 
 
 def is_scheduled(func) -> bool:

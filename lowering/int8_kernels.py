@@ -103,3 +103,31 @@ def qdense_acc(data, packed):
         lambda m, n: te.sum(data[m, rk * 4 + ri].astype("int32") * packed[n // block, rk, n % block, ri].astype("int32"),
                             axis=[rk, ri]),
         name=QDENSE_BLOCK, attrs={BLOCK_ATTR: block})
+
+
+def qgrouped_conv2d_acc(data, weight, strides, padding, dilation, groups: int, x_zero_point: int):
+    """int32 accumulator of a grouped (depthwise: groups = channels) conv on uint8 data padded with
+    its zero point inside the kernel; no dot-product layout (a depthwise conv reduces over only
+    kh x kw), scheduled by the direct conv2d rule (lowering/cpu_schedules.Conv2dRule):
+
+        acc[n, o, oh, ow] = sum_{c < C/g, kh, kw} pad(x)[n, (o // (O/g)) * C/g + c, ...] * W[o, c, kh, kw]
+    """
+    from tvm import te, topi
+
+    batch, in_channels, height, width = (int(e) for e in data.shape)
+    out_channels, group_channels, kernel_h, kernel_w = (int(e) for e in weight.shape)
+    (top, left), (stride_h, stride_w), (dilation_h, dilation_w) = padding, strides, dilation
+    padded = topi.nn.pad(data, [0, 0, top, left], [0, 0, top, left], pad_value=x_zero_point, name="pad_temp") \
+        if top or left else data
+    out_h = (height + 2 * top - dilation_h * (kernel_h - 1) - 1) // stride_h + 1
+    out_w = (width + 2 * left - dilation_w * (kernel_w - 1) - 1) // stride_w + 1
+    per_group = out_channels // groups
+    rc = te.reduce_axis((0, group_channels), name="rc")
+    ry = te.reduce_axis((0, kernel_h), name="ry")
+    rx = te.reduce_axis((0, kernel_w), name="rx")
+    return te.compute(
+        (batch, out_channels, out_h, out_w),
+        lambda n, o, y, x: te.sum(
+            padded[n, o // per_group * group_channels + rc, y * stride_h + ry * dilation_h,
+                   x * stride_w + rx * dilation_w].astype("int32") * weight[o, rc, ry, rx].astype("int32"),
+            axis=[rc, ry, rx]), name="qconv2d_grouped")

@@ -90,13 +90,13 @@ def _int8_kernel(func, target, block_name: str):
 
 
 def _finish(sch, block, first_reduction, lanes_loop, tensorize: bool) -> None:
+    if not tensorize:  # a reduction block's loop is vectorized before its init is split off
+        sch.vectorize(lanes_loop)
     init = sch.decompose_reduction(block, first_reduction)
     sch.vectorize(sch.get_loops(init)[-1])
     if tensorize:
         _register_vnni()
         sch.tensorize(lanes_loop, VNNI_INTRIN)
-    else:
-        sch.vectorize(lanes_loop)
 
 
 def _vectorize_epilogue(sch, epilogue, tile: list[int], lanes: int) -> None:

@@ -136,14 +136,17 @@ def _round_and_clip_rounded(importer, value, low: float, high: float, dtype: str
 
 
 def qconv2d(node, importer):
-    from .int8_kernels import channel_block, pack_conv_weight, qconv2d_acc
+    from .int8_kernels import channel_block, pack_conv_weight, qconv2d_acc, qgrouped_conv2d_acc
 
     bb = importer.block_builder
     weight, bias, scale = (importer.env[a] for a in node.args[1:4])
     x_zero_point, out_zero_point, stride, padding, dilation, groups, low, high, out_dtype = node.args[4:13]
-    if groups != 1:
-        raise ValueError(f"%{node.name}: slimgraph.qconv2d with groups={groups} has no integer kernel")
     x, x_zero_point = _as_uint8(importer, importer.env[node.args[0]], x_zero_point)
+    if groups != 1:  # depthwise / grouped: no dot-product layout
+        acc = bb.emit_te(qgrouped_conv2d_acc, x, weight, list(stride), list(padding), list(dilation), groups,
+                         x_zero_point, primfunc_name_hint="qconv2d_grouped")
+        return _requantize(importer, acc, _folded_bias(importer, bias, weight, x_zero_point), scale,
+                           out_zero_point, low, high, out_dtype, 1)
     block = channel_block(int(weight.ty.shape[0]))
     packed = bb.emit_te(pack_conv_weight, weight, block, primfunc_name_hint="pack_int8_conv_weight")
     acc = bb.emit_te(qconv2d_acc, x, packed, list(stride), list(padding), list(dilation), x_zero_point,

@@ -18,6 +18,7 @@ from .base import PASS_REGISTRY, Pass, PassError
 
 NAMED_PIPELINES: dict[str, str] = {
     "default": "fold-bn,fold-constants,fuse",
+    "int8": "fold-bn,fold-constants,quantize,realize",
     "none": "",
 }
 

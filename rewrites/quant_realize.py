@@ -109,8 +109,6 @@ class Realize(Pass):
         if not _quantized_weight(w_dq):
             return "its weight is not an int8 per-channel constant"
         is_conv = layer.target == aten.conv2d.default
-        if is_conv and _conv_attrs(layer)[3] != 1:
-            return "grouped / depthwise conv2d has no integer kernel (kept as dequantize -> float conv)"
         bias_node = layer.args[2] if len(layer.args) > 2 else None
         if bias_node is not None and bias_node.op != "get_attr":
             return "its bias is not a constant"
