@@ -17,51 +17,64 @@ traffic). The input zero point is folded into the bias: padding with z_x makes
 sum (x - z_x) w = sum x w - z_x sum w, so b' = b_q - z_x sum_{c,kh,kw} W[o] is a constant, and
 the rest of ir/quant_ops.py's arithmetic (scale, round, zero point, clamp) is an elementwise
 epilogue that fusion puts into the same kernel. An int8 input becomes uint8 by adding 128
-(z_x + 128). b = 16 output channels (one zmm register of int32) when 16 divides them, else
-the largest of 8, 4, 2, 1.
+(z_x + 128). b = 16 output channels (one zmm register of int32); when 16 does not divide them,
+the kernel computes them padded to the next multiple (zero weights) and keeps the first O.
 """
 from __future__ import annotations
 
 QCONV_BLOCK = "qconv2d_int8"
 QDENSE_BLOCK = "qdense_int8"
 BLOCK_ATTR = "slimgraph.int8_block"  # block annotation: output channels per packed weight block
-
-
-def channel_block(out_channels: int) -> int:
-    return next(b for b in (16, 8, 4, 2, 1) if out_channels % b == 0)
+OUTPUT_BLOCK = 16  # output channels per packed weight block: 16 int32 lanes of AVX-512
 
 
 def pack_conv_weight(weight, block: int):
-    """Wp[o // b, c // 4, kh, kw, o % b, c % 4] = W[o, c, kh, kw], 0 for c >= C (TE: folded at compile time)."""
+    """Wp[o // b, c // 4, kh, kw, o % b, c % 4] = W[o, c, kh, kw], 0 for c >= C and for o >= O (the
+    output channels are padded to a multiple of b; the kernel drops the extra ones). TE: folded at
+    compile time."""
     from tvm import te, tirx
 
     out_channels, in_channels, kernel_h, kernel_w = (int(e) for e in weight.shape)
 
     def element(o, c4, y, x, lane, i):
-        channel = c4 * 4 + i
-        return tirx.if_then_else(channel < in_channels, weight[o * block + lane, tirx.min(channel, in_channels - 1), y, x],
+        channel, out = c4 * 4 + i, o * block + lane
+        return tirx.if_then_else(tirx.all(channel < in_channels, out < out_channels),
+                                 weight[tirx.min(out, out_channels - 1), tirx.min(channel, in_channels - 1), y, x],
                                  tirx.const(0, "int8"))
 
-    shape = (out_channels // block, -(-in_channels // 4), kernel_h, kernel_w, block, 4)
+    shape = (-(-out_channels // block), -(-in_channels // 4), kernel_h, kernel_w, block, 4)
     return te.compute(shape, element, name="packed_weight")
 
 
 def pack_dense_weight(weight, block: int):
-    """Wp[n // b, k // 4, n % b, k % 4] = W[n, k], 0 for k >= K (TE: folded at compile time)."""
+    """Wp[n // b, k // 4, n % b, k % 4] = W[n, k], 0 for k >= K and n >= N (TE: folded at compile time)."""
     from tvm import te, tirx
 
     out_features, depth = (int(e) for e in weight.shape)
 
     def element(n, k4, lane, i):
-        column = k4 * 4 + i
-        return tirx.if_then_else(column < depth, weight[n * block + lane, tirx.min(column, depth - 1)],
+        column, row = k4 * 4 + i, n * block + lane
+        return tirx.if_then_else(tirx.all(column < depth, row < out_features),
+                                 weight[tirx.min(row, out_features - 1), tirx.min(column, depth - 1)],
                                  tirx.const(0, "int8"))
 
-    return te.compute((out_features // block, -(-depth // 4), block, 4), element, name="packed_weight")
+    return te.compute((-(-out_features // block), -(-depth // 4), block, 4), element, name="packed_weight")
 
 
-def qconv2d_acc(data, packed, strides, padding, dilation, x_zero_point: int):
-    """int32 accumulator of the packed conv (module docstring), without the bias."""
+def _keep_channels(acc, channels: int, axis: int):
+    """acc itself, or its first `channels` along `axis` when the packing padded them."""
+    from tvm import te
+
+    if int(acc.shape[axis]) == channels:
+        return acc
+    shape = [int(e) for e in acc.shape]
+    shape[axis] = channels
+    return te.compute(shape, lambda *index: acc[index], name="drop_padding")
+
+
+def qconv2d_acc(data, packed, out_channels: int, strides, padding, dilation, x_zero_point: int):
+    """int32 accumulator of the packed conv (module docstring), without the bias; `out_channels`
+    of the blocks * b it computes are kept."""
     from tvm import te, tirx
 
     batch, in_channels, height, width = (int(e) for e in data.shape)
@@ -82,27 +95,35 @@ def qconv2d_acc(data, packed, strides, padding, dilation, x_zero_point: int):
     ry = te.reduce_axis((0, kernel_h), name="ry")
     rx = te.reduce_axis((0, kernel_w), name="rx")
     ri = te.reduce_axis((0, 4), name="ri")
-    return te.compute(
+    acc = te.compute(
         (batch, blocks * block, out_h, out_w),
         lambda n, o, y, x: te.sum(
             packed_data[n, rc, y * stride_h + ry * dilation_h, x * stride_w + rx * dilation_w, ri].astype("int32")
             * packed[o // block, rc, ry, rx, o % block, ri].astype("int32"), axis=[rc, ry, rx, ri]),
         name=QCONV_BLOCK, attrs={BLOCK_ATTR: block})
+    return _keep_channels(acc, out_channels, 1)
 
 
-def qdense_acc(data, packed):
-    """int32 accumulator of the packed linear: data [M, 4 * K4] uint8 (module docstring)."""
+def qdense_acc(data, packed, out_features: int):
+    """int32 accumulator of the packed linear: data [M, 4 * K4] uint8 (module docstring); the first
+    `out_features` of the blocks * b it computes are kept."""
     from tvm import te
 
     rows = int(data.shape[0])
     blocks, groups4, block, _ = (int(e) for e in packed.shape)
     rk = te.reduce_axis((0, groups4), name="rk")
     ri = te.reduce_axis((0, 4), name="ri")
-    return te.compute(
+    acc = te.compute(
         (rows, blocks * block),
         lambda m, n: te.sum(data[m, rk * 4 + ri].astype("int32") * packed[n // block, rk, n % block, ri].astype("int32"),
                             axis=[rk, ri]),
         name=QDENSE_BLOCK, attrs={BLOCK_ATTR: block})
+    return _keep_channels(acc, out_features, 1)
+
+
+def exact_in_float32(reduction: int) -> bool:
+    """Is every partial sum of `reduction` uint8 x int8 products an integer float32 holds exactly?"""
+    return reduction * 255 * 128 < 2 ** 24
 
 
 def qgrouped_conv2d_acc(data, weight, strides, padding, dilation, groups: int, x_zero_point: int):
@@ -111,23 +132,36 @@ def qgrouped_conv2d_acc(data, weight, strides, padding, dilation, groups: int, x
     kh x kw), scheduled by the direct conv2d rule (lowering/cpu_schedules.Conv2dRule):
 
         acc[n, o, oh, ow] = sum_{c < C/g, kh, kw} pad(x)[n, (o // (O/g)) * C/g + c, ...] * W[o, c, kh, kw]
-    """
-    from tvm import te, topi
+
+    When the reduction is short enough that every partial sum stays below 2**24 (a 3x3 depthwise
+    conv: 9 x 255 x 128), the sum runs on float32 copies of the integers, exactly, with the float
+    multiply-adds the CPU issues twice as fast as int32 multiplies (`weight` is then float32),
+    and is converted to int32 at the end."""
+    from tvm import te, tirx
 
     batch, in_channels, height, width = (int(e) for e in data.shape)
     out_channels, group_channels, kernel_h, kernel_w = (int(e) for e in weight.shape)
     (top, left), (stride_h, stride_w), (dilation_h, dilation_w) = padding, strides, dilation
-    padded = topi.nn.pad(data, [0, 0, top, left], [0, 0, top, left], pad_value=x_zero_point, name="pad_temp") \
-        if top or left else data
+    dtype = str(weight.dtype) if str(weight.dtype) == "float32" else "int32"
+
+    def pad(n, c, y, x):
+        inside = tirx.all(y >= top, y < height + top, x >= left, x < width + left)
+        value = data[n, c, tirx.min(tirx.max(y - top, 0), height - 1), tirx.min(tirx.max(x - left, 0), width - 1)]
+        return tirx.if_then_else(inside, value.astype(dtype), tirx.const(x_zero_point, dtype))
+
+    padded = te.compute((batch, in_channels, height + 2 * top, width + 2 * left), pad, name="pad_temp")
     out_h = (height + 2 * top - dilation_h * (kernel_h - 1) - 1) // stride_h + 1
     out_w = (width + 2 * left - dilation_w * (kernel_w - 1) - 1) // stride_w + 1
     per_group = out_channels // groups
     rc = te.reduce_axis((0, group_channels), name="rc")
     ry = te.reduce_axis((0, kernel_h), name="ry")
     rx = te.reduce_axis((0, kernel_w), name="rx")
-    return te.compute(
+    acc = te.compute(
         (batch, out_channels, out_h, out_w),
         lambda n, o, y, x: te.sum(
             padded[n, o // per_group * group_channels + rc, y * stride_h + ry * dilation_h,
-                   x * stride_w + rx * dilation_w].astype("int32") * weight[o, rc, ry, rx].astype("int32"),
+                   x * stride_w + rx * dilation_w] * weight[o, rc, ry, rx].astype(dtype),
             axis=[rc, ry, rx]), name="qconv2d_grouped")
+    if dtype == "int32":
+        return acc
+    return te.compute(acc.shape, lambda *index: acc[index].astype("int32"), name="to_int32")

@@ -99,13 +99,13 @@ def _finish(sch, block, first_reduction, lanes_loop, tensorize: bool) -> None:
         sch.tensorize(lanes_loop, VNNI_INTRIN)
 
 
-def _vectorize_epilogue(sch, epilogue, tile: list[int], lanes: int) -> None:
-    """The epilogue reads the tile `lanes` at a time too, when its two inner loops are the tile."""
+def _vectorize_epilogue(sch, epilogue, tile: list[int]) -> None:
+    """The epilogue of a tile whose two inner loops are (rows, contiguous columns of the output):
+    vectorized along the columns, so each output row is written with whole vector stores (along
+    the channel lanes each element would be a scattered store to another row)."""
     inner = sch.get_loops(epilogue)[-2:]
-    if lanes >= 4 and [int(sch.get(loop).extent) for loop in inner] == tile:
-        outer, lane = sch.split(inner[0], [None, lanes])
-        sch.reorder(outer, inner[1], lane)
-        sch.vectorize(lane)
+    if len(inner) == 2 and [int(sch.get(loop).extent) for loop in inner] == tile and tile[1] >= 4:
+        sch.vectorize(inner[1])
 
 
 class Int8Conv2dRule(dl.ScheduleRule):
@@ -138,7 +138,7 @@ class Int8Conv2dRule(dl.ScheduleRule):
         sch.reorder(*batch_loops, coo, oh, owo, *outer_reduction, cv, owi, *lanes_last)
         epilogue = attach_epilogue(sch, block, after[-1].block_rv if after else None, owo)
         sch.transform_layout(block, ("write", 0), lambda n, c, y, x: (n, c // cb, y, x, c % cb))
-        _vectorize_epilogue(sch, epilogue, [v * cb, owt], cb)
+        _vectorize_epilogue(sch, epilogue, [v * cb, owt])
         sch.parallel(sch.fuse(*batch_loops, coo, oh))
         sch.unroll(cv)
         sch.unroll(owi)
@@ -167,19 +167,20 @@ class Int8DenseRule(dl.ScheduleRule):
         block = dense.block_rv
         rows, columns = (int(e) for e in sch.get(block).writes[0].source.shape)
         loops = sch.get_loops(block)
-        if len(loops) != 4:
+        if len(loops) != 3 + (rows > 1):  # a single row has no row loop after normalization
             return None
-        m, n, rk, ri = loops
+        *row_loop, n, rk, ri = loops
         tensorize = nb == 16 and has_vnni(target)
         nv, mt = choose_tile(columns // nb, rows, register_budget(target))
         no, nvl, nl = sch.split(n, [None, nv, nb])
-        mo, mi = sch.split(m, [None, mt])
+        row_tile = list(sch.split(row_loop[0], [None, mt])) if row_loop else []
         lanes_last = [nl, ri] if tensorize else [ri, nl]
-        sch.reorder(mo, no, rk, mi, nvl, *lanes_last)
+        sch.reorder(*row_tile[:1], no, rk, *row_tile[1:], nvl, *lanes_last)
         epilogue = attach_epilogue(sch, block, after[-1].block_rv if after else None, no)
-        _vectorize_epilogue(sch, epilogue, [mt, nv * nb], 0)
-        sch.parallel(sch.fuse(mo, no))
-        sch.unroll(mi)
+        _vectorize_epilogue(sch, epilogue, [mt, nv * nb])
+        sch.parallel(sch.fuse(*row_tile[:1], no))
+        for loop in row_tile[1:]:
+            sch.unroll(loop)
         sch.unroll(nvl)
         _finish(sch, block, rk, nl, tensorize)
         return sch

@@ -136,20 +136,24 @@ def _round_and_clip_rounded(importer, value, low: float, high: float, dtype: str
 
 
 def qconv2d(node, importer):
-    from .int8_kernels import channel_block, pack_conv_weight, qconv2d_acc, qgrouped_conv2d_acc
+    from tvm import relax
+
+    from .int8_kernels import OUTPUT_BLOCK, exact_in_float32, pack_conv_weight, qconv2d_acc, qgrouped_conv2d_acc
 
     bb = importer.block_builder
     weight, bias, scale = (importer.env[a] for a in node.args[1:4])
     x_zero_point, out_zero_point, stride, padding, dilation, groups, low, high, out_dtype = node.args[4:13]
     x, x_zero_point = _as_uint8(importer, importer.env[node.args[0]], x_zero_point)
     if groups != 1:  # depthwise / grouped: no dot-product layout
-        acc = bb.emit_te(qgrouped_conv2d_acc, x, weight, list(stride), list(padding), list(dilation), groups,
+        _, group_channels, kernel_h, kernel_w = (int(d) for d in weight.ty.shape)
+        exact = exact_in_float32(group_channels * kernel_h * kernel_w)  # then the sum runs in float32
+        terms = bb.emit(relax.op.astype(weight, "float32")) if exact else weight
+        acc = bb.emit_te(qgrouped_conv2d_acc, x, terms, list(stride), list(padding), list(dilation), groups,
                          x_zero_point, primfunc_name_hint="qconv2d_grouped")
         return _requantize(importer, acc, _folded_bias(importer, bias, weight, x_zero_point), scale,
                            out_zero_point, low, high, out_dtype, 1)
-    block = channel_block(int(weight.ty.shape[0]))
-    packed = bb.emit_te(pack_conv_weight, weight, block, primfunc_name_hint="pack_int8_conv_weight")
-    acc = bb.emit_te(qconv2d_acc, x, packed, list(stride), list(padding), list(dilation), x_zero_point,
+    packed = bb.emit_te(pack_conv_weight, weight, OUTPUT_BLOCK, primfunc_name_hint="pack_int8_conv_weight")
+    acc = bb.emit_te(qconv2d_acc, x, packed, int(weight.ty.shape[0]), list(stride), list(padding), list(dilation), x_zero_point,
                      primfunc_name_hint="qconv2d")
     return _requantize(importer, acc, _folded_bias(importer, bias, weight, x_zero_point), scale, out_zero_point, low, high,
                        out_dtype, 1)
@@ -158,7 +162,7 @@ def qconv2d(node, importer):
 def qlinear(node, importer):
     from tvm import relax
 
-    from .int8_kernels import channel_block, pack_dense_weight, qdense_acc
+    from .int8_kernels import OUTPUT_BLOCK, pack_dense_weight, qdense_acc
 
     bb = importer.block_builder
     weight, bias, scale = (importer.env[a] for a in node.args[1:4])
@@ -169,9 +173,8 @@ def qlinear(node, importer):
     rows = bb.emit(relax.op.reshape(x, [math.prod(leading), depth]))
     if depth % 4:
         rows = bb.emit(relax.op.nn.pad(rows, [0, 0, 0, 4 - depth % 4], pad_value=float(x_zero_point)))
-    packed = bb.emit_te(pack_dense_weight, weight, channel_block(out_features),
-                        primfunc_name_hint="pack_int8_dense_weight")
-    acc = bb.emit_te(qdense_acc, rows, packed, primfunc_name_hint="qdense")
+    packed = bb.emit_te(pack_dense_weight, weight, OUTPUT_BLOCK, primfunc_name_hint="pack_int8_dense_weight")
+    acc = bb.emit_te(qdense_acc, rows, packed, out_features, primfunc_name_hint="qdense")
     out = _requantize(importer, acc, _folded_bias(importer, bias, weight, x_zero_point), scale, out_zero_point, low, high,
                       out_dtype, 1)
     return bb.emit(relax.op.reshape(out, [*leading, out_features]))
