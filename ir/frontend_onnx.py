@@ -155,8 +155,16 @@ def from_onnx(path_or_model, name: str | None = None, input_shapes: dict[str, li
     model, label, graph_name = _load(path_or_model, name)
     _check_supported(model, label)
     model = _fix_input_shapes(model, label, input_shapes)
-    model = _simplify(model, label)
+    if not _has_quantized_weights(model):  # onnxsim would fold their DequantizeLinear into float weights
+        model = _simplify(model, label)
     return _Importer(model, label, graph_name).run()
+
+
+def _has_quantized_weights(model: onnx.ModelProto) -> bool:
+    """Does a DequantizeLinear read an 8-bit initializer (a QDQ model's quantized weight)?"""
+    eight_bit = {i.name for i in model.graph.initializer
+                 if i.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)}
+    return any(n.op_type == "DequantizeLinear" and n.input and n.input[0] in eight_bit for n in model.graph.node)
 
 
 class _Importer:

@@ -6,7 +6,9 @@ into slimgraph's quantize / dequantize ops (ir/slimgraph_ops.py).
     DequantizeLinear(q, s, z)  -> slimgraph.dequantize_per_tensor / dequantize_per_channel
 
 The zero point's dtype (uint8 when absent) is the quantized dtype; scales and zero points must be
-constants. ONNX rounds x / s before adding z, our ops (as PyTorch) after: outputs can differ by
+constants. A DequantizeLinear of an 8-bit constant (a quantized weight) is not folded into a float
+constant: it stays a dequantize of an int8 parameter, the form `realize` turns into integer ops
+(frontend_onnx also skips onnxsim for such models, whose constant folding would undo it). ONNX rounds x / s before adding z, our ops (as PyTorch) after: outputs can differ by
 one quantization step where x / s is exactly halfway between two levels.
 """
 from __future__ import annotations
@@ -46,6 +48,8 @@ def _quantize_linear(ctx: NodeContext):
 @converter("DequantizeLinear")
 def _dequantize_linear(ctx: NodeContext):
     scale, zero = _scale_and_zero(ctx, "DequantizeLinear")
+    if ctx.eager and ctx.dtype(0) in (torch.int8, torch.uint8):
+        ctx.eager = False  # an 8-bit weight stays 8-bit, so that `realize` can make its layer integer
     ops = torch.ops.slimgraph
     if scale.numel() == 1:
         return ctx.call(ops.dequantize_per_tensor.default, ctx.input(0), float(scale.reshape(())),

@@ -3,7 +3,8 @@
 A node all of whose tensor inputs are parameters computes the same value on every run:
     f(c1, ..., ck)  ->  c'   where c' = f(c1, ..., ck) evaluated now, in PyTorch.
 It becomes a new parameter named after its first input and the op (`fc.weight.t`), so shape
-arithmetic, transposed or cast weights and position-embedding lookups leave the graph. A result
+arithmetic, transposed or cast weights and position-embedding lookups leave the graph. A
+dequantize of an 8-bit weight is kept (it is the quantized form, which `realize` makes integer). A result
 larger than `max_bytes` is not materialised (noted with its size). Nodes whose values nobody
 uses are removed, and so are parameters no node reads.
 """
@@ -21,9 +22,16 @@ from slimgraph.ir.shapes import op_name, to_meta
 from .base import Pass, PassResult, register_pass
 
 
+# dequantize of an 8-bit weight: folding it would give back the float weight the quantization
+# removed (4x the bytes) and hide the layer from `realize`
+KEPT_QUANTIZED = ("slimgraph::dequantize_per_channel", "slimgraph::dequantize_per_tensor")
+
+
 def _is_constant_call(node: fx.Node) -> bool:
     inputs = node.all_input_nodes
-    return node.op == "call_function" and bool(inputs) and all(n.op == "get_attr" for n in inputs)
+    if node.op != "call_function" or not inputs or not all(n.op == "get_attr" for n in inputs):
+        return False
+    return getattr(node.target, "name", lambda: "")() not in KEPT_QUANTIZED
 
 
 def _nbytes(value) -> int:

@@ -97,3 +97,20 @@ def test_per_axis_quantize_linear_compiles_and_matches_onnx_runtime(tmp_path):
     step = np.array([0.02, 0.05, 0.1, 0.3], np.float32).reshape(1, 4, 1, 1)
     assert np.all(np.abs(actual - expected) <= step + 1e-6)  # ties may round one step apart
     assert np.mean(actual == expected) > 0.95
+
+
+def test_qdq_model_realizes_into_integer_ops_and_matches_onnx_runtime(qdq_model):
+    """The int8 weights stay int8 through import and fold-constants; realize makes both layers
+    integer (ORT's ReLU is folded into the quantize range), and the library still matches ORT."""
+    graph = from_onnx(qdq_model)
+    assert "slimgraph.dequantize_per_channel.default" in str(graph)  # not folded into a float weight
+    compiled = slimgraph.compile(qdq_model, pipeline="fold-constants,realize", check=True)
+    x = np.random.default_rng(6).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    expected = ort.InferenceSession(qdq_model, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    actual = compiled(x)[0]
+    step = 0.0045011285692453384  # the output's scale (y_QuantizeLinear)
+    assert np.abs(actual - expected).max() <= 2 * step + 1e-6
+    from slimgraph.rewrites import PassManager, parse_pipeline
+
+    realized = PassManager(parse_pipeline("fold-constants,realize")).run(graph).graph
+    assert str(realized).count("slimgraph.qconv2d.default") == 1 and str(realized).count("slimgraph.qlinear.default") == 1
