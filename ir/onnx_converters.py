@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from . import onnx_layout, onnx_quant, onnx_spatial
+from . import onnx_layout, onnx_qlinear, onnx_quant, onnx_spatial
 from .onnx_context import NodeContext, converter_table, f32_scalar, python_scalar, torch_dtype
 from .onnx_layout import reshape
 
@@ -233,4 +233,4 @@ def _global_pool(ctx: NodeContext):
 
 
 CONVERTERS: dict[str, Callable[[NodeContext], object]] = {**_OWN, **onnx_layout.CONVERTERS, **onnx_spatial.CONVERTERS,
-                                                        **onnx_quant.CONVERTERS}
+                                                        **onnx_quant.CONVERTERS, **onnx_qlinear.CONVERTERS}

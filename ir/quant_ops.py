@@ -9,6 +9,7 @@ and then, by `out_dtype`:
 
     uint8 / int8:  q = clamp(round_half_even(y) + out_zero_point, out_min, out_max)
     float32:       y = clamp(y, out_min, out_max)          (+-inf bounds when no activation)
+    int32:         acc                                      (ONNX ConvInteger / MatMulInteger)
 
 x is uint8 or int8 (per-tensor zero point), weight int8 (symmetric per output channel, zero
 point 0), bias int32 (already divided by the input scale times the weight scale), scale float32
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 
 from .slimgraph_ops import LIBRARY, QUANT_DTYPES
 
-OUT_DTYPES = {**QUANT_DTYPES, "float32": torch.float32}
+OUT_DTYPES = {**QUANT_DTYPES, "float32": torch.float32, "int32": torch.int32}
 
 LIBRARY.define("qconv2d(Tensor x, Tensor weight, Tensor bias, Tensor scale, int x_zero_point, int out_zero_point, "
                "int[] stride, int[] padding, int[] dilation, int groups, float out_min, float out_max, "
@@ -42,6 +43,8 @@ def out_dtype_of(name: str) -> torch.dtype:
 def requantize(acc: torch.Tensor, scale: torch.Tensor, out_zero_point: int, out_min: float, out_max: float,
                out_dtype: str, channel_axis: int) -> torch.Tensor:
     """The shared tail: int32 accumulator (as exact float64) -> scaled float32 -> output dtype."""
+    if out_dtype == "int32":  # ONNX ConvInteger / MatMulInteger: the accumulator itself
+        return acc.to(torch.int32)
     shape = [1] * acc.dim()
     shape[channel_axis] = -1
     scaled = acc.to(torch.float32) * scale.to(torch.float32).reshape(shape)

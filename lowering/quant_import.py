@@ -116,6 +116,8 @@ def _requantize(importer, acc, bias, scale, out_zero_point: int, low: float, hig
     shape = [1] * ndim
     shape[axis] = -1
     acc = bb.emit(relax.op.add(acc, relax.op.reshape(bias, shape)))
+    if out_dtype == "int32":
+        return acc
     scaled = relax.op.multiply(relax.op.astype(acc, "float32"), relax.op.reshape(scale, shape))
     if out_dtype != "float32":
         shifted = relax.op.add(relax.op.round(bb.emit(scaled)), _const(float(out_zero_point), "float32"))
