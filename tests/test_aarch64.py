@@ -102,3 +102,18 @@ def test_without_qemu_the_check_is_skipped_with_a_reason(monkeypatch):
     compiled = slimgraph.compile(graph, target="arm64", check=True)
     assert compiled.report.max_abs_diff is None
     assert "qemu-aarch64 not found" in compiled.report.check_note and "qemu-user" in compiled.report.check_note
+
+
+@needs_qemu
+@pytest.mark.parametrize("preset", ["arm64", "arm64-dotprod"])
+def test_int8_digit_cnn_on_arm64_matches_its_realized_graph_exactly(preset, tmp_path):
+    """The integer ops build for aarch64 too (the same kernels, int32 multiply-adds on NEON, no
+    dot-product tensorization yet) and give the realized graph's outputs bit for bit under qemu."""
+    from slimgraph.rewrites import PassManager, parse_pipeline
+
+    _, _, graph = imported_model("digit_cnn")
+    realized = PassManager(parse_pipeline("int8")).run(graph).graph
+    compiled = slimgraph.compile(realized, target=preset, pipeline="none", check=False, output=tmp_path / "int8")
+    x = graph.example_inputs(2)
+    assert compiled.emulated
+    np.testing.assert_array_equal(np.asarray(compiled(*x)[0]), realized.run(*x)[0].numpy())
