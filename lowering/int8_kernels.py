@@ -13,7 +13,8 @@ output channels, and the weights are packed once, at compile time (a kernel on a
              acc[m, n] = sum_{k4, i} A[m, 4 k4 + i] * Wp[n // b, k4, n % b, i]
 
 Xp is a stage of the same kernel (computed per call, uint8: a quarter of the float padding's
-traffic). The input zero point is folded into the bias: padding with z_x makes
+traffic). For AArch64's `sdot` (int8 x int8 only) Xp holds x - 128 as int8 instead, and the
+zero point used below is z_x - 128 (`dot_product_data_for`). The input zero point is folded into the bias: padding with z_x makes
 sum (x - z_x) w = sum x w - z_x sum w, so b' = b_q - z_x sum_{c,kh,kw} W[o] is a constant, and
 the rest of ir/quant_ops.py's arithmetic (scale, round, zero point, clamp) is an elementwise
 epilogue that fusion puts into the same kernel. An int8 input becomes uint8 by adding 128
@@ -21,6 +22,38 @@ epilogue that fusion puts into the same kernel. An int8 input becomes uint8 by a
 the kernel computes them padded to the next multiple (zero weights) and keeps the first O.
 """
 from __future__ import annotations
+
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+SIGNED_DATA: ContextVar[bool] = ContextVar("slimgraph_int8_signed_data", default=False)
+
+
+@contextmanager
+def dot_product_data_for(target):
+    """Inside: the kernels made for `target`. A dot product of signed bytes only (AArch64 `sdot`)
+    wants the uint8 data as int8: x - 128 (and z_x - 128 in the folded bias); x86 VNNI takes
+    uint8 as it is."""
+    token = SIGNED_DATA.set(has_signed_dot(target))
+    try:
+        yield
+    finally:
+        SIGNED_DATA.reset(token)
+
+
+def has_signed_dot(target) -> bool:
+    from tvm.target import codegen
+
+    if target is None or target.kind.name != "llvm" or not str(target.attrs.get("mtriple", "")).startswith("aarch64"):
+        return False
+    with target:
+        return bool(codegen.target_has_features("dotprod"))
+
+
+def data_offset() -> tuple[int, str]:
+    """(what the kernels subtract from the uint8 data, the dtype they then hold it in)."""
+    return (128, "int8") if SIGNED_DATA.get() else (0, "uint8")
+
 
 QCONV_BLOCK = "qconv2d_int8"
 QDENSE_BLOCK = "qdense_int8"
@@ -84,11 +117,15 @@ def qconv2d_acc(data, packed, out_channels: int, strides, padding, dilation, x_z
     out_h = (padded_h - dilation_h * (kernel_h - 1) - 1) // stride_h + 1
     out_w = (padded_w - dilation_w * (kernel_w - 1) - 1) // stride_w + 1
 
+    offset, dtype = data_offset()
+
     def gather(n, c4, h, w, i):
         channel, row, column = c4 * 4 + i, h - top, w - left
         inside = tirx.all(channel < in_channels, row >= 0, row < height, column >= 0, column < width)
-        return tirx.if_then_else(inside, data[n, tirx.min(channel, in_channels - 1), row, column],
-                                 tirx.const(x_zero_point, "uint8"))
+        value = data[n, tirx.min(channel, in_channels - 1), row, column]
+        if offset:
+            value = (value.astype("int32") - offset).astype(dtype)
+        return tirx.if_then_else(inside, value, tirx.const(x_zero_point - offset, dtype))
 
     packed_data = te.compute((batch, groups4, padded_h, padded_w, 4), gather, name="pad_pack")
     rc = te.reduce_axis((0, groups4), name="rc")

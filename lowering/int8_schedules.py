@@ -11,7 +11,9 @@ int32 accumulators in registers over the whole reduction:
 On x86 with AVX512-VNNI and b = 16, the innermost (ol, i) = 16 x 4 loop nest is one `vpdpbusd`:
 acc[16 x int32] += sum_{i<4} broadcast(x[4 x uint8])[i] * Wp[16 x 4 int8][.., i], tensorized with
 the intrinsic below (TVM's own `dot_16x4_vnni` does not pass LLVM 22's verifier:
-../shared/tvm-notes.md gotcha 8). Elsewhere the same tile runs as int32 multiply-adds
+../shared/tvm-notes.md gotcha 8); on AArch64 with the dot-product extension it is four `sdot`
+on int8 data (x - 128). The tile is sized in 16-lane accumulators: 1 zmm, 2 ymm or 4 NEON
+registers each. Elsewhere the same tile runs as int32 multiply-adds
 vectorized over ol (i outside it). The requantization epilogue is computed per tile, so each
 output is written once.
 """
@@ -22,8 +24,8 @@ from tvm.s_tir import dlight as dl
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 
 from .conv_packed import choose_tile
-from .int8_kernels import BLOCK_ATTR, QCONV_BLOCK, QDENSE_BLOCK
-from .schedule_common import attach_epilogue, register_budget
+from .int8_kernels import BLOCK_ATTR, QCONV_BLOCK, QDENSE_BLOCK, has_signed_dot
+from .schedule_common import attach_epilogue, register_budget, vector_lanes
 
 VNNI_INTRIN = "slimgraph_vnni_16x4_u8i8i32"
 
@@ -63,6 +65,64 @@ def _register_vnni() -> None:
     TensorIntrin.register(VNNI_INTRIN, description, vnni)
 
 
+SDOT_INTRIN = "slimgraph_sdot_16x4_i8i8i32"
+
+
+def _register_sdot() -> None:
+    """AArch64 `sdot` for the same 16 x 4 step on int8 data (x - 128, lowering.int8_kernels): four
+    sdot instructions, each adding 4-byte dot products into 4 int32 lanes:
+    acc[4j + l] += sum_k broadcast(x[0:4])[k] * Wp[4j + l, k]."""
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    if TensorIntrin.get(SDOT_INTRIN, allow_missing=True) is not None:
+        return
+
+    @T.prim_func(s_tir=True)
+    def description(a: T.Buffer((4,), "int8", offset_factor=1), b: T.Buffer((16, 4), "int8", offset_factor=1),
+                    c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:16], a[0:4], b[0:16, 0:4])
+            T.writes(c[0:16])
+            for i, k in T.grid(16, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def sdot(a: T.Buffer((4,), "int8", offset_factor=1), b: T.Buffer((16, 4), "int8", offset_factor=1),
+             c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:16], a[0:4], b[0:16, 0:4])
+            T.writes(c[0:16])
+            four = T.reinterpret(a.vload([0], "int8x4"), dtype="int32")
+            for j in T.unroll(4):
+                c[T.ramp(j * 4, 1, 4)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"), c.vload([j * 4], dtype="int32x4"),
+                    b.vload([j * 4, 0], dtype="int8x16"), T.reinterpret(T.broadcast(four, 4), dtype="int8x16"),
+                    dtype="int32x4")
+
+    TensorIntrin.register(SDOT_INTRIN, description, sdot)
+
+
+def dot_product_intrinsic(target, block: int) -> str | None:
+    """The tensor intrinsic for a 16 x 4 int8 step on `target`, registered on first use; None: none."""
+    if block != 16:
+        return None
+    if has_vnni(target):
+        _register_vnni()
+        return VNNI_INTRIN
+    if has_signed_dot(target):
+        _register_sdot()
+        return SDOT_INTRIN
+    return None
+
+
+def accumulator_budget(target) -> int:
+    """Tiles of 16 int32 accumulators that fit the register budget (1 zmm, 2 ymm or 4 NEON q each)."""
+    return max(1, register_budget(target) // max(1, 16 // vector_lanes(target)))
+
+
 def has_vnni(target) -> bool:
     from tvm.target import codegen
 
@@ -89,14 +149,13 @@ def _int8_kernel(func, target, block_name: str):
     return sch, infos, reductions[0], int(stmt.annotations[BLOCK_ATTR])
 
 
-def _finish(sch, block, first_reduction, lanes_loop, tensorize: bool) -> None:
-    if not tensorize:  # a reduction block's loop is vectorized before its init is split off
+def _finish(sch, block, first_reduction, lanes_loop, intrinsic: str | None) -> None:
+    if intrinsic is None:  # a reduction block's loop is vectorized before its init is split off
         sch.vectorize(lanes_loop)
     init = sch.decompose_reduction(block, first_reduction)
     sch.vectorize(sch.get_loops(init)[-1])
-    if tensorize:
-        _register_vnni()
-        sch.tensorize(lanes_loop, VNNI_INTRIN)
+    if intrinsic is not None:
+        sch.tensorize(lanes_loop, intrinsic)
 
 
 def _vectorize_epilogue(sch, epilogue, tile: list[int]) -> None:
@@ -130,11 +189,11 @@ class Int8Conv2dRule(dl.ScheduleRule):
         loops = sch.get_loops(block)
         *batch_loops, co, oh, ow = loops[:len(spatial)]
         *outer_reduction, inner = loops[len(spatial):]
-        tensorize = cb == 16 and has_vnni(target)
-        v, owt = choose_tile(channels // cb, out_w, register_budget(target))
+        intrinsic = dot_product_intrinsic(target, cb)
+        v, owt = choose_tile(channels // cb, out_w, accumulator_budget(target))
         coo, cv, cl = sch.split(co, [None, v, cb])
         owo, owi = sch.split(ow, [None, owt])
-        lanes_last = [cl, inner] if tensorize else [inner, cl]
+        lanes_last = [cl, inner] if intrinsic else [inner, cl]
         sch.reorder(*batch_loops, coo, oh, owo, *outer_reduction, cv, owi, *lanes_last)
         epilogue = attach_epilogue(sch, block, after[-1].block_rv if after else None, owo)
         sch.transform_layout(block, ("write", 0), lambda n, c, y, x: (n, c // cb, y, x, c % cb))
@@ -145,7 +204,7 @@ class Int8Conv2dRule(dl.ScheduleRule):
         for info in before:  # the padded, channel-interleaved copy of the input: its own parallel pass
             pad_loops = sch.get_loops(info.block_rv)
             sch.parallel(sch.fuse(*pad_loops[:-2]) if len(pad_loops) > 3 else pad_loops[0])
-        _finish(sch, block, outer_reduction[0], cl, tensorize)
+        _finish(sch, block, outer_reduction[0], cl, intrinsic)
         return sch
 
 
@@ -170,11 +229,11 @@ class Int8DenseRule(dl.ScheduleRule):
         if len(loops) != 3 + (rows > 1):  # a single row has no row loop after normalization
             return None
         *row_loop, n, rk, ri = loops
-        tensorize = nb == 16 and has_vnni(target)
-        nv, mt = choose_tile(columns // nb, rows, register_budget(target))
+        intrinsic = dot_product_intrinsic(target, nb)
+        nv, mt = choose_tile(columns // nb, rows, accumulator_budget(target))
         no, nvl, nl = sch.split(n, [None, nv, nb])
         row_tile = list(sch.split(row_loop[0], [None, mt])) if row_loop else []
-        lanes_last = [nl, ri] if tensorize else [ri, nl]
+        lanes_last = [nl, ri] if intrinsic else [ri, nl]
         sch.reorder(*row_tile[:1], no, rk, *row_tile[1:], nvl, *lanes_last)
         epilogue = attach_epilogue(sch, block, after[-1].block_rv if after else None, no)
         _vectorize_epilogue(sch, epilogue, [mt, nv * nb])
@@ -182,5 +241,5 @@ class Int8DenseRule(dl.ScheduleRule):
         for loop in row_tile[1:]:
             sch.unroll(loop)
         sch.unroll(nvl)
-        _finish(sch, block, rk, nl, tensorize)
+        _finish(sch, block, rk, nl, intrinsic)
         return sch

@@ -140,7 +140,7 @@ def _round_and_clip_rounded(importer, value, low: float, high: float, dtype: str
 def qconv2d(node, importer):
     from tvm import relax
 
-    from .int8_kernels import OUTPUT_BLOCK, exact_in_float32, pack_conv_weight, qconv2d_acc, qgrouped_conv2d_acc
+    from .int8_kernels import OUTPUT_BLOCK, data_offset, exact_in_float32, pack_conv_weight, qconv2d_acc, qgrouped_conv2d_acc
 
     bb = importer.block_builder
     weight, bias, scale = (importer.env[a] for a in node.args[1:4])
@@ -157,14 +157,15 @@ def qconv2d(node, importer):
     packed = bb.emit_te(pack_conv_weight, weight, OUTPUT_BLOCK, primfunc_name_hint="pack_int8_conv_weight")
     acc = bb.emit_te(qconv2d_acc, x, packed, int(weight.ty.shape[0]), list(stride), list(padding), list(dilation), x_zero_point,
                      primfunc_name_hint="qconv2d")
-    return _requantize(importer, acc, _folded_bias(importer, bias, weight, x_zero_point), scale, out_zero_point, low, high,
+    folded_zero_point = x_zero_point - data_offset()[0]  # the zero point of the data the kernel multiplies
+    return _requantize(importer, acc, _folded_bias(importer, bias, weight, folded_zero_point), scale, out_zero_point, low, high,
                        out_dtype, 1)
 
 
 def qlinear(node, importer):
     from tvm import relax
 
-    from .int8_kernels import OUTPUT_BLOCK, pack_dense_weight, qdense_acc
+    from .int8_kernels import OUTPUT_BLOCK, data_offset, pack_dense_weight, qdense_acc
 
     bb = importer.block_builder
     weight, bias, scale = (importer.env[a] for a in node.args[1:4])
@@ -173,6 +174,10 @@ def qlinear(node, importer):
     leading = [int(d) for d in list(x.ty.shape)[:-1]]
     out_features, depth = (int(d) for d in weight.ty.shape)
     rows = bb.emit(relax.op.reshape(x, [math.prod(leading), depth]))
+    offset, dtype = data_offset()
+    if offset:  # int8 data for a signed dot product (lowering.int8_kernels)
+        shifted = relax.op.subtract(relax.op.astype(rows, "int32"), _const(offset, "int32"))
+        rows, x_zero_point = bb.emit(relax.op.astype(shifted, dtype)), x_zero_point - offset
     if depth % 4:
         rows = bb.emit(relax.op.nn.pad(rows, [0, 0, 0, 4 - depth % 4], pad_value=float(x_zero_point)))
     packed = bb.emit_te(pack_dense_weight, weight, OUTPUT_BLOCK, primfunc_name_hint="pack_int8_dense_weight")

@@ -54,15 +54,18 @@ def lower(graph: Graph, target, before_rules: Callable | None = None):
     from .regions import import_with_origins, outline_regions
 
     from .cpu_schedules import schedule_cpu
+    from .int8_kernels import dot_product_data_for
 
     region_of = {n.name: n.meta[REGION] for n in graph.fx_graph.nodes if n.meta.get(REGION) is not None}
     if not region_of:
-        imported = to_relax(graph)
+        with dot_product_data_for(target):
+            imported = to_relax(graph)
         scheduled, notes = schedule_cpu(_hook(optimize(imported, target), before_rules), target)
         return imported, scheduled, notes
     graph = normalize_negative_indices(graph)
     try:
-        imported, origins = import_with_origins(graph, _example_inputs(graph))
+        with dot_product_data_for(target):
+            imported, origins = import_with_origins(graph, _example_inputs(graph))
     except AssertionError as exc:
         raise _unsupported(graph, exc) from exc
     var_region = {var: region_of[node] for var, node in origins.items() if node in region_of}

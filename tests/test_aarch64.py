@@ -117,3 +117,17 @@ def test_int8_digit_cnn_on_arm64_matches_its_realized_graph_exactly(preset, tmp_
     x = graph.example_inputs(2)
     assert compiled.emulated
     np.testing.assert_array_equal(np.asarray(compiled(*x)[0]), realized.run(*x)[0].numpy())
+
+
+def test_arm64_dotprod_integer_kernels_use_sdot():
+    """On arm64-dotprod the integer kernels hold the data as int8 (x - 128) and each 16 x 4 step is
+    four `sdot`; plain arm64 has no dot product and uses none."""
+    from slimgraph.rewrites import PassManager, parse_pipeline
+
+    _, _, graph = imported_model("digit_cnn")
+    realized = PassManager(parse_pipeline("int8")).run(graph).graph
+    for preset, expected in (("arm64-dotprod", True), ("arm64", False)):
+        _, optimized, _ = lower(realized, resolve_target(preset).tvm_target())
+        assembly = build(optimized, resolve_target(preset)).mod.imports[0].inspect_source("s")
+        count = len(re.findall(r"\bsdot\s+v\d+\.4s", assembly))
+        assert (count >= 16) if expected else count == 0, (preset, count)
