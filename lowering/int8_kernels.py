@@ -12,13 +12,14 @@ output channels, and the weights are packed once, at compile time (a kernel on a
     linear:  Wp[n // b, k // 4, n % b, k % 4] = W[n, k];  A padded with z_x to a multiple of 4
              acc[m, n] = sum_{k4, i} A[m, 4 k4 + i] * Wp[n // b, k4, n % b, i]
 
-Xp is a stage of the same kernel (computed per call, uint8: a quarter of the float padding's
-traffic). For AArch64's `sdot` (int8 x int8 only) Xp holds x - 128 as int8 instead, and the
-zero point used below is z_x - 128 (`dot_product_data_for`). The input zero point is folded into the bias: padding with z_x makes
-sum (x - z_x) w = sum x w - z_x sum w, so b' = b_q - z_x sum_{c,kh,kw} W[o] is a constant, and
-the rest of ir/quant_ops.py's arithmetic (scale, round, zero point, clamp) is an elementwise
-epilogue that fusion puts into the same kernel. An int8 input becomes uint8 by adding 128
-(z_x + 128). b = 16 output channels (one zmm register of int32); when 16 does not divide them,
+Xp is a stage of the same kernel (computed per call, 8-bit: a quarter of the float padding's
+traffic). It holds the data in the dtype the target's dot product takes (`kernel_data_dtype`):
+uint8 for x86 VNNI, int8 for AArch64's `sdot`; an input of the other 8-bit type is shifted by 128
+on the way (`data_shift`), and so is its zero point z_x. The zero point is folded into the
+bias: padding with z_x makes sum (x - z_x) w = sum x w - z_x sum w, so
+b' = b_q - z_x sum_{c,kh,kw} W[o] is a constant, and the rest of ir/quant_ops.py's arithmetic
+(scale, round, zero point, clamp) is an elementwise epilogue that fusion puts into the same
+kernel. b = 16 output channels (one zmm register of int32); when 16 does not divide them,
 the kernel computes them padded to the next multiple (zero weights) and keeps the first O.
 """
 from __future__ import annotations
@@ -31,9 +32,8 @@ SIGNED_DATA: ContextVar[bool] = ContextVar("slimgraph_int8_signed_data", default
 
 @contextmanager
 def dot_product_data_for(target):
-    """Inside: the kernels made for `target`. A dot product of signed bytes only (AArch64 `sdot`)
-    wants the uint8 data as int8: x - 128 (and z_x - 128 in the folded bias); x86 VNNI takes
-    uint8 as it is."""
+    """Inside: the kernels made for `target`, whose dot product takes int8 data (AArch64 `sdot`)
+    or uint8 data (x86 VNNI, and the plain int32 kernels)."""
     token = SIGNED_DATA.set(has_signed_dot(target))
     try:
         yield
@@ -41,18 +41,35 @@ def dot_product_data_for(target):
         SIGNED_DATA.reset(token)
 
 
-def has_signed_dot(target) -> bool:
+def _llvm_feature(target, feature: str, aarch64: bool) -> bool:
+    """Does the LLVM `target` (an AArch64 one when `aarch64`, else not) have `feature`?"""
     from tvm.target import codegen
 
-    if target is None or target.kind.name != "llvm" or not str(target.attrs.get("mtriple", "")).startswith("aarch64"):
+    if target is None or target.kind.name != "llvm":
+        return False
+    if str(target.attrs.get("mtriple", "")).startswith("aarch64") != aarch64:
         return False
     with target:
-        return bool(codegen.target_has_features("dotprod"))
+        return bool(codegen.target_has_features(feature))
 
 
-def data_offset() -> tuple[int, str]:
-    """(what the kernels subtract from the uint8 data, the dtype they then hold it in)."""
-    return (128, "int8") if SIGNED_DATA.get() else (0, "uint8")
+def has_signed_dot(target) -> bool:
+    return _llvm_feature(target, "dotprod", aarch64=True)
+
+
+def has_vnni(target) -> bool:
+    return _llvm_feature(target, "avx512vnni", aarch64=False)
+
+
+def kernel_data_dtype() -> str:
+    """The 8-bit dtype the dot-product kernels being made hold their data in."""
+    return "int8" if SIGNED_DATA.get() else "uint8"
+
+
+def data_shift(dtype: str) -> int:
+    """What to add to `dtype` data (and its zero point) to hold it as kernel_data_dtype(): +-128 or 0."""
+    target = kernel_data_dtype()
+    return 0 if dtype == target else (128 if target == "uint8" else -128)
 
 
 QCONV_BLOCK = "qconv2d_int8"
@@ -107,7 +124,7 @@ def _keep_channels(acc, channels: int, axis: int):
 
 def qconv2d_acc(data, packed, out_channels: int, strides, padding, dilation, x_zero_point: int):
     """int32 accumulator of the packed conv (module docstring), without the bias; `out_channels`
-    of the blocks * b it computes are kept."""
+    of the blocks * b it computes are kept. `data` is uint8 or int8 with zero point x_zero_point."""
     from tvm import te, tirx
 
     batch, in_channels, height, width = (int(e) for e in data.shape)
@@ -117,15 +134,15 @@ def qconv2d_acc(data, packed, out_channels: int, strides, padding, dilation, x_z
     out_h = (padded_h - dilation_h * (kernel_h - 1) - 1) // stride_h + 1
     out_w = (padded_w - dilation_w * (kernel_w - 1) - 1) // stride_w + 1
 
-    offset, dtype = data_offset()
+    dtype, shift = kernel_data_dtype(), data_shift(str(data.dtype))
 
     def gather(n, c4, h, w, i):
         channel, row, column = c4 * 4 + i, h - top, w - left
         inside = tirx.all(channel < in_channels, row >= 0, row < height, column >= 0, column < width)
         value = data[n, tirx.min(channel, in_channels - 1), row, column]
-        if offset:
-            value = (value.astype("int32") - offset).astype(dtype)
-        return tirx.if_then_else(inside, value, tirx.const(x_zero_point - offset, dtype))
+        if shift:
+            value = (value.astype("int32") + shift).astype(dtype)
+        return tirx.if_then_else(inside, value, tirx.const(x_zero_point + shift, dtype))
 
     packed_data = te.compute((batch, groups4, padded_h, padded_w, 4), gather, name="pad_pack")
     rc = te.reduce_axis((0, groups4), name="rc")
@@ -142,7 +159,7 @@ def qconv2d_acc(data, packed, out_channels: int, strides, padding, dilation, x_z
 
 
 def qdense_acc(data, packed, out_features: int):
-    """int32 accumulator of the packed linear: data [M, 4 * K4] uint8 (module docstring); the first
+    """int32 accumulator of the packed linear: data [M, 4 * K4] in kernel_data_dtype() (module docstring); the first
     `out_features` of the blocks * b it computes are kept."""
     from tvm import te
 
@@ -159,12 +176,12 @@ def qdense_acc(data, packed, out_features: int):
 
 
 def exact_in_float32(reduction: int) -> bool:
-    """Is every partial sum of `reduction` uint8 x int8 products an integer float32 holds exactly?"""
+    """Is every partial sum of `reduction` 8-bit x int8 products an integer float32 holds exactly?"""
     return reduction * 255 * 128 < 2 ** 24
 
 
 def qgrouped_conv2d_acc(data, weight, strides, padding, dilation, groups: int, x_zero_point: int):
-    """int32 accumulator of a grouped (depthwise: groups = channels) conv on uint8 data padded with
+    """int32 accumulator of a grouped (depthwise: groups = channels) conv on 8-bit data padded with
     its zero point inside the kernel; no dot-product layout (a depthwise conv reduces over only
     kh x kw), scheduled by the direct conv2d rule (lowering/cpu_schedules.Conv2dRule):
 

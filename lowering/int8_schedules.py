@@ -24,23 +24,21 @@ from tvm.s_tir import dlight as dl
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 
 from .conv_packed import choose_tile
-from .int8_kernels import BLOCK_ATTR, QCONV_BLOCK, QDENSE_BLOCK, has_signed_dot
+from .int8_kernels import BLOCK_ATTR, QCONV_BLOCK, QDENSE_BLOCK, has_signed_dot, has_vnni
 from .schedule_common import attach_epilogue, register_budget, vector_lanes
 
 VNNI_INTRIN = "slimgraph_vnni_16x4_u8i8i32"
+SDOT_INTRIN = "slimgraph_sdot_16x4_i8i8i32"
 
 
-def _register_vnni() -> None:
-    """Our own copy of TVM's 16x4 u8 x i8 description (importing tvm.s_tir.tensor_intrin parses
-    every target's intrinsics: tens of seconds) with an implementation LLVM 22 accepts."""
-    from tvm.s_tir import TensorIntrin
+def _description(data_dtype: str):
+    """The 16 x 4 step both intrinsics implement: c[i] += sum_k int32(a[k]) * int32(b[i, k]), on
+    `data_dtype` a. Our own copy of TVM's u8 x i8 one: importing tvm.s_tir.tensor_intrin parses
+    every target's intrinsics (tens of seconds)."""
     from tvm.script import tirx as T
 
-    if TensorIntrin.get(VNNI_INTRIN, allow_missing=True) is not None:
-        return
-
     @T.prim_func(s_tir=True)
-    def description(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((16, 4), "int8", offset_factor=1),
+    def description(a: T.Buffer((4,), data_dtype, offset_factor=1), b: T.Buffer((16, 4), "int8", offset_factor=1),
                     c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
             T.reads(c[0:16], a[0:4], b[0:16, 0:4])
@@ -49,6 +47,14 @@ def _register_vnni() -> None:
                 with T.sblock("update"):
                     vi, vk = T.axis.remap("SR", [i, k])
                     c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+
+    return description
+
+
+def _vnni():
+    """x86 AVX512-VNNI: one vpdpbusd, with the 4 uint8 of a broadcast to all 16 lanes (TVM's own
+    `dot_16x4_vnni` does not pass LLVM 22's verifier)."""
+    from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
     def vnni(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((16, 4), "int8", offset_factor=1),
@@ -62,32 +68,13 @@ def _register_vnni() -> None:
                 T.reinterpret(T.broadcast(four, 16), dtype="uint8x64"), b.vload([0, 0], dtype="int8x64"),
                 dtype="int32x16")
 
-    TensorIntrin.register(VNNI_INTRIN, description, vnni)
+    return vnni
 
 
-SDOT_INTRIN = "slimgraph_sdot_16x4_i8i8i32"
-
-
-def _register_sdot() -> None:
-    """AArch64 `sdot` for the same 16 x 4 step on int8 data (x - 128, lowering.int8_kernels): four
-    sdot instructions, each adding 4-byte dot products into 4 int32 lanes:
-    acc[4j + l] += sum_k broadcast(x[0:4])[k] * Wp[4j + l, k]."""
-    from tvm.s_tir import TensorIntrin
+def _sdot():
+    """AArch64 dot product on int8 data: four sdot, each adding 4-byte dot products into 4 int32
+    lanes: c[4j + l] += sum_k broadcast(a[0:4])[k] * b[4j + l, k]."""
     from tvm.script import tirx as T
-
-    if TensorIntrin.get(SDOT_INTRIN, allow_missing=True) is not None:
-        return
-
-    @T.prim_func(s_tir=True)
-    def description(a: T.Buffer((4,), "int8", offset_factor=1), b: T.Buffer((16, 4), "int8", offset_factor=1),
-                    c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-        with T.sblock("root"):
-            T.reads(c[0:16], a[0:4], b[0:16, 0:4])
-            T.writes(c[0:16])
-            for i, k in T.grid(16, 4):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
 
     @T.prim_func(s_tir=True)
     def sdot(a: T.Buffer((4,), "int8", offset_factor=1), b: T.Buffer((16, 4), "int8", offset_factor=1),
@@ -102,7 +89,16 @@ def _register_sdot() -> None:
                     b.vload([j * 4, 0], dtype="int8x16"), T.reinterpret(T.broadcast(four, 4), dtype="int8x16"),
                     dtype="int32x4")
 
-    TensorIntrin.register(SDOT_INTRIN, description, sdot)
+    return sdot
+
+
+def _registered(name: str, data_dtype: str, implementation) -> str:
+    """`name`, registered with TVM on first use (parsing the TVMScript costs about a second)."""
+    from tvm.s_tir import TensorIntrin
+
+    if TensorIntrin.get(name, allow_missing=True) is None:
+        TensorIntrin.register(name, _description(data_dtype), implementation())
+    return name
 
 
 def dot_product_intrinsic(target, block: int) -> str | None:
@@ -110,26 +106,15 @@ def dot_product_intrinsic(target, block: int) -> str | None:
     if block != 16:
         return None
     if has_vnni(target):
-        _register_vnni()
-        return VNNI_INTRIN
+        return _registered(VNNI_INTRIN, "uint8", _vnni)
     if has_signed_dot(target):
-        _register_sdot()
-        return SDOT_INTRIN
+        return _registered(SDOT_INTRIN, "int8", _sdot)
     return None
 
 
 def accumulator_budget(target) -> int:
     """Tiles of 16 int32 accumulators that fit the register budget (1 zmm, 2 ymm or 4 NEON q each)."""
     return max(1, register_budget(target) // max(1, 16 // vector_lanes(target)))
-
-
-def has_vnni(target) -> bool:
-    from tvm.target import codegen
-
-    if target.kind.name != "llvm" or str(target.attrs.get("mtriple", "")).startswith("aarch64"):
-        return False
-    with target:
-        return bool(codegen.target_has_features("avx512vnni"))
 
 
 def _int8_kernel(func, target, block_name: str):

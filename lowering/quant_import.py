@@ -36,12 +36,16 @@ def _along(importer, node_arg, axis: int, ndim: int, dtype: str):
     return importer.block_builder.emit(relax.op.reshape(values, shape))
 
 
-def _round_and_clip(importer, scaled, qmin: int, qmax: int, dtype: str):
-    """clip(round(scaled), qmin, qmax) as the quantized dtype: the shared tail of both quantizes."""
+def _round_and_clip(importer, scaled, qmin: int, qmax: int, dtype: str, zero_point_after: float = 0.0):
+    """clip(round(scaled) + zero_point_after, qmin, qmax) as the quantized dtype: the shared tail of
+    both quantizes and the requantization (which adds the zero point after rounding, as PyTorch)."""
     from tvm import relax
 
     bb = importer.block_builder
-    clipped = bb.emit(relax.op.clip(relax.op.round(bb.emit(scaled)), qmin, qmax))
+    rounded = relax.op.round(bb.emit(scaled))
+    if zero_point_after:
+        rounded = relax.op.add(bb.emit(rounded), _const(zero_point_after, "float32"))
+    clipped = bb.emit(relax.op.clip(bb.emit(rounded), qmin, qmax))
     return bb.emit(relax.op.astype(clipped, dtype))
 
 
@@ -97,17 +101,6 @@ def _folded_bias(importer, bias, weight, x_zero_point: int):
     return importer.block_builder.emit(relax.op.subtract(bias, relax.op.multiply(sums, _const(x_zero_point, "int32"))))
 
 
-def _as_uint8(importer, x, x_zero_point: int):
-    """(uint8 input, zero point): an int8 input is shifted by 128, which moves its zero point too."""
-    from tvm import relax
-
-    if str(x.ty.dtype) == "uint8":
-        return x, x_zero_point
-    bb = importer.block_builder
-    shifted = bb.emit(relax.op.add(relax.op.astype(x, "int32"), _const(128, "int32")))
-    return bb.emit(relax.op.astype(shifted, "uint8")), x_zero_point + 128
-
-
 def _requantize(importer, acc, bias, scale, out_zero_point: int, low: float, high: float, out_dtype: str, axis: int):
     """ir/quant_ops.requantize on the int32 accumulator; elementwise, so fusion puts it into the kernel."""
     from tvm import relax
@@ -120,8 +113,7 @@ def _requantize(importer, acc, bias, scale, out_zero_point: int, low: float, hig
         return acc
     scaled = relax.op.multiply(relax.op.astype(acc, "float32"), relax.op.reshape(scale, shape))
     if out_dtype != "float32":
-        shifted = relax.op.add(relax.op.round(bb.emit(scaled)), _const(float(out_zero_point), "float32"))
-        return _round_and_clip_rounded(importer, shifted, low, high, out_dtype)
+        return _round_and_clip(importer, scaled, int(low), int(high), out_dtype, float(out_zero_point))
     if low != -math.inf:
         scaled = relax.op.maximum(bb.emit(scaled), _const(low, "float32"))
     if high != math.inf:
@@ -129,24 +121,15 @@ def _requantize(importer, acc, bias, scale, out_zero_point: int, low: float, hig
     return bb.emit(scaled)
 
 
-def _round_and_clip_rounded(importer, value, low: float, high: float, dtype: str):
-    from tvm import relax
-
-    bb = importer.block_builder
-    clipped = bb.emit(relax.op.clip(bb.emit(value), int(low), int(high)))
-    return bb.emit(relax.op.astype(clipped, dtype))
-
-
 def qconv2d(node, importer):
     from tvm import relax
 
-    from .int8_kernels import OUTPUT_BLOCK, data_offset, exact_in_float32, pack_conv_weight, qconv2d_acc, qgrouped_conv2d_acc
+    from .int8_kernels import OUTPUT_BLOCK, data_shift, exact_in_float32, pack_conv_weight, qconv2d_acc, qgrouped_conv2d_acc
 
     bb = importer.block_builder
-    weight, bias, scale = (importer.env[a] for a in node.args[1:4])
+    x, weight, bias, scale = (importer.env[a] for a in node.args[:4])
     x_zero_point, out_zero_point, stride, padding, dilation, groups, low, high, out_dtype = node.args[4:13]
-    x, x_zero_point = _as_uint8(importer, importer.env[node.args[0]], x_zero_point)
-    if groups != 1:  # depthwise / grouped: no dot-product layout
+    if groups != 1:  # depthwise / grouped: no dot-product layout; the kernel widens either 8-bit type
         _, group_channels, kernel_h, kernel_w = (int(d) for d in weight.ty.shape)
         exact = exact_in_float32(group_channels * kernel_h * kernel_w)  # then the sum runs in float32
         terms = bb.emit(relax.op.astype(weight, "float32")) if exact else weight
@@ -157,7 +140,7 @@ def qconv2d(node, importer):
     packed = bb.emit_te(pack_conv_weight, weight, OUTPUT_BLOCK, primfunc_name_hint="pack_int8_conv_weight")
     acc = bb.emit_te(qconv2d_acc, x, packed, int(weight.ty.shape[0]), list(stride), list(padding), list(dilation), x_zero_point,
                      primfunc_name_hint="qconv2d")
-    folded_zero_point = x_zero_point - data_offset()[0]  # the zero point of the data the kernel multiplies
+    folded_zero_point = x_zero_point + data_shift(str(x.ty.dtype))  # of the data the kernel multiplies
     return _requantize(importer, acc, _folded_bias(importer, bias, weight, folded_zero_point), scale, out_zero_point, low, high,
                        out_dtype, 1)
 
@@ -165,19 +148,18 @@ def qconv2d(node, importer):
 def qlinear(node, importer):
     from tvm import relax
 
-    from .int8_kernels import OUTPUT_BLOCK, data_offset, pack_dense_weight, qdense_acc
+    from .int8_kernels import OUTPUT_BLOCK, data_shift, kernel_data_dtype, pack_dense_weight, qdense_acc
 
     bb = importer.block_builder
-    weight, bias, scale = (importer.env[a] for a in node.args[1:4])
+    x, weight, bias, scale = (importer.env[a] for a in node.args[:4])
     x_zero_point, out_zero_point, low, high, out_dtype = node.args[4:9]
-    x, x_zero_point = _as_uint8(importer, importer.env[node.args[0]], x_zero_point)
     leading = [int(d) for d in list(x.ty.shape)[:-1]]
     out_features, depth = (int(d) for d in weight.ty.shape)
     rows = bb.emit(relax.op.reshape(x, [math.prod(leading), depth]))
-    offset, dtype = data_offset()
-    if offset:  # int8 data for a signed dot product (lowering.int8_kernels)
-        shifted = relax.op.subtract(relax.op.astype(rows, "int32"), _const(offset, "int32"))
-        rows, x_zero_point = bb.emit(relax.op.astype(shifted, dtype)), x_zero_point - offset
+    shift = data_shift(str(x.ty.dtype))
+    if shift:  # the other 8-bit type than the dot product takes (lowering.int8_kernels)
+        shifted = relax.op.add(relax.op.astype(rows, "int32"), _const(shift, "int32"))
+        rows, x_zero_point = bb.emit(relax.op.astype(shifted, kernel_data_dtype())), x_zero_point + shift
     if depth % 4:
         rows = bb.emit(relax.op.nn.pad(rows, [0, 0, 0, 4 - depth % 4], pad_value=float(x_zero_point)))
     packed = bb.emit_te(pack_dense_weight, weight, OUTPUT_BLOCK, primfunc_name_hint="pack_int8_dense_weight")
