@@ -36,3 +36,11 @@ def test_bench_command_lists_kernels(capsys):
     assert code == 0
     assert "% of peak" in stdout and "region_" in stdout
     assert "more kernels" in stdout and "whole model" in stdout
+
+
+def test_bench_command_times_int8_kernels(capsys):
+    """Tensorized (vpdpbusd / sdot) kernels are timed too; TVM cannot count their FLOPs ('-')."""
+    code, stdout, _ = run_cli(capsys, "bench", "digit_cnn", "--pipeline", "int8", "--runs", "3", "--top", "20",
+                              "--min-repeat-ms", "1", "--quiet")
+    assert code == 0
+    assert "qconv2d" in stdout and "qdense" in stdout and "whole model" in stdout

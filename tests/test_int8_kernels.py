@@ -10,7 +10,7 @@ from slimgraph import ir
 from slimgraph.codegen.build import build
 from slimgraph.codegen.targets import resolve_target
 from slimgraph.lowering import lower
-from slimgraph.lowering.int8_schedules import has_vnni
+from slimgraph.lowering.int8_kernels import has_vnni
 from slimgraph.rewrites import PassManager, parse_pipeline
 from slimgraph.rewrites.quantize import calibration_data
 from slimgraph.tests.conftest import imported_model
@@ -44,6 +44,8 @@ CONVS = {  # name: (x shape, x dtype, weight shape, stride, padding, groups, out
     "24-outputs-no-16-block": ((1, 16, 7, 7), torch.uint8, (24, 16, 1, 1), 1, 0, 1, (-128.0, 127.0), "int8"),
     "depthwise-stride2": ((1, 16, 10, 10), torch.uint8, (16, 1, 3, 3), 2, 1, 16, (3.0, 200.0), "uint8"),
     "grouped": ((1, 8, 6, 6), torch.uint8, (8, 4, 3, 3), 1, 1, 2, ("-inf", "inf"), "float32"),
+    # 64 channels x 3 x 3 per group: sums too long for exact float32, so the int32 kernel; int8 input
+    "grouped-int32-sums-int8-in": ((1, 128, 6, 6), torch.int8, (32, 64, 3, 3), 1, 1, 2, (-128.0, 127.0), "int8"),
 }
 
 
@@ -67,32 +69,55 @@ def compiled_equals_reference(graph, x):
 
 @pytest.mark.parametrize("case", list(CONVS))
 def test_compiled_qconv2d_matches_its_reference_exactly(case):
+    compiled_equals_reference(*conv_graph(case))
+
+
+LINEARS = {  # name: (x shape, x dtype, out features, out dtype, out range)
+    "3d-odd-depth-float-out": ((2, 3, 30), torch.uint8, 16, "float32", (0.0, "inf")),
+    "one-row-10-outputs": ((1, 64), torch.uint8, 10, "uint8", (0.0, 255.0)),
+    "int8-in": ((4, 32), torch.int8, 32, "int8", (-128.0, 127.0)),
+}
+
+
+def linear_graph(case):
+    x_shape, x_dtype, out_features, out_dtype, (low, high) = LINEARS[case]
+    call = f'slimgraph.qlinear.default(%x, %w, %b, %s, 11, 2, {low}, {high}, "{out_dtype}")'
+    weight_shape = (out_features, x_shape[-1])
+    probe, x = single_op_graph(x_shape, x_dtype, weight_shape, call, "f32[1]")
+    return single_op_graph(x_shape, x_dtype, weight_shape, call, out_type(probe.run(x)[0]))
+
+
+def conv_graph(case):
     x_shape, x_dtype, weight_shape, stride, padding, groups, out_range, out_dtype = CONVS[case]
     call = conv_call(stride, padding, groups, out_range, out_dtype)
     probe, x = single_op_graph(x_shape, x_dtype, weight_shape, call, "f32[1]")  # to learn the output type
-    reference = probe.run(x)[0]
-    graph, x = single_op_graph(x_shape, x_dtype, weight_shape, call, out_type(reference))
-    compiled_equals_reference(graph, x)
+    return single_op_graph(x_shape, x_dtype, weight_shape, call, out_type(probe.run(x)[0]))
 
 
-@pytest.mark.parametrize("x_shape,out_features,out_dtype,bounds", [((2, 3, 30), 16, "float32", (0.0, "inf")),
-                                                                   ((1, 64), 10, "uint8", (0.0, 255.0))])
-def test_compiled_qlinear_matches_its_reference_exactly(x_shape, out_features, out_dtype, bounds):
-    call = f'slimgraph.qlinear.default(%x, %w, %b, %s, 11, 2, {bounds[0]}, {bounds[1]}, "{out_dtype}")'
-    weight_shape = (out_features, x_shape[-1])
-    probe, x = single_op_graph(x_shape, torch.uint8, weight_shape, call, "f32[1]")
-    graph, x = single_op_graph(x_shape, torch.uint8, weight_shape, call, out_type(probe.run(x)[0]))
-    compiled_equals_reference(graph, x)
+@pytest.mark.parametrize("case", list(LINEARS))
+def test_compiled_qlinear_matches_its_reference_exactly(case):
+    compiled_equals_reference(*linear_graph(case))
 
 
-def test_x86_integer_kernels_use_vnni_dot_products():
+def x86_assembly(graph) -> str:
     spec = resolve_target("x86")
     if not has_vnni(spec.tvm_target()):
         pytest.skip("this host has no AVX512-VNNI")
+    _, optimized, notes = lower(graph, spec.tvm_target())
+    assert not [n for n in notes if "no schedule rule" in n]
+    return build(optimized, spec).mod.imports[0].inspect_source("s")
+
+
+@pytest.mark.parametrize("graph_of,case", [(conv_graph, "24-outputs-no-16-block"), (linear_graph, "one-row-10-outputs"),
+                                           (linear_graph, "int8-in")])
+def test_channels_not_divisible_by_16_and_single_rows_still_use_vnni(graph_of, case):
+    """Output channels are padded to 16 inside the kernel and a single-row linear keeps its rule."""
+    assert x86_assembly(graph_of(case)[0]).count("vpdpbusd") >= 1
+
+
+def test_x86_integer_kernels_use_vnni_dot_products():
     _, _, graph = imported_model("resnet18")
-    realized = PassManager(parse_pipeline("int8")).run(graph).graph
-    _, optimized, _ = lower(realized, spec.tvm_target())
-    assembly = build(optimized, spec).mod.imports[0].inspect_source("s")
+    assembly = x86_assembly(PassManager(parse_pipeline("int8")).run(graph).graph)
     assert assembly.count("vpdpbusd") >= 200  # 19 of the 20 convs and the classifier, unrolled tiles
 
 
@@ -103,6 +128,7 @@ def test_every_built_in_model_compiles_to_int8(name):
     realized = result.graph
     assert "aten.conv2d" not in str(realized) and "aten.linear" not in str(realized)
     compiled = slimgraph.compile(realized, target="x86", pipeline="none", check=False)
+    assert not compiled.report.lowering_notes  # every kernel scheduled, standalone quantizes included
     x = graph.example_inputs(5)
     got = torch.as_tensor(np.asarray(compiled(*x)[0]))
     # float32 rounding (LLVM fuses multiply-adds) may move an 8-bit value by one step, which later layers carry
