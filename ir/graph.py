@@ -129,6 +129,12 @@ class Graph:
 
         propagate_shapes(self)
 
+    def rename(self, node: fx.Node, name: str) -> None:
+        """Give `node` the free name `name` exactly (fx's own renaming would add a suffix: its
+        namespace never frees the names of erased nodes)."""
+        node.name = name
+        self.fx_graph._graph_namespace._rename_object(node, name)
+
     def remove_unused_params(self) -> None:
         """Drop get_attr nodes nobody uses and the parameters no node refers to."""
         for n in list(self.fx_graph.nodes):

@@ -152,8 +152,7 @@ class Realize(Pass):
         replaced.replace_all_uses_with(integer)
         for old in dict.fromkeys((replaced, end, layer)):
             graph.fx_graph.erase_node(old)
-        integer.name = layer.name  # the integer op takes the float layer's name, so dumps diff line by line
-        graph.fx_graph._graph_namespace._rename_object(integer, layer.name)
+        graph.rename(integer, layer.name)  # the float layer's name, so dumps diff line by line
         counts["qconv2d" if is_conv else "qlinear"] += 1
         return ""
 

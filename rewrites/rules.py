@@ -100,8 +100,7 @@ class Rewriter:
         for node, wanted in self.renames:
             if not _erased(node) and node.name != wanted and wanted not in taken:
                 taken.discard(node.name)
-                node.name = wanted  # fx's _rename would add a suffix: its namespace never frees names
-                self.graph.fx_graph._graph_namespace._rename_object(node, wanted)
+                self.graph.rename(node, wanted)
                 taken.add(wanted)
 
 
