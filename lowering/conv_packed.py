@@ -28,6 +28,7 @@ from tvm import s_tir, tirx
 from tvm.s_tir import dlight as dl
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 
+from .grouped_conv import legalize_grouped_conv2d
 from .schedule_common import attach_epilogue, register_budget, vector_lanes
 
 PACKED_CONV_BLOCK = "conv2d_packed"
@@ -92,7 +93,9 @@ def legalize_conv2d(bb, call):
             or str(weight.ty.dtype) != "float32" or attrs.out_dtype not in ("", "float32")):
         return _nn_conv2d(bb, call)
     lanes = vector_lanes(target)
-    if int(attrs.groups) != 1 or prefers_nchw(call, lanes):  # depthwise / grouped: the NCHW rule
+    if int(attrs.groups) != 1:  # depthwise / grouped: the NCHW rule, with its padding split
+        return legalize_grouped_conv2d(bb, call)
+    if prefers_nchw(call, lanes):
         return _nn_conv2d(bb, call)
     block = channel_block(int(weight.ty.shape[0]), lanes)
     packed = bb.emit_te(_pack_weight, weight, block, primfunc_name_hint="pack_conv_weight")

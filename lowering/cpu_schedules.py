@@ -27,6 +27,7 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import try_inline_contiguous_spatial
 
 from .conv_packed import PackedConv2dRule
+from .grouped_conv import INTERIOR_ATTR, schedule_padding
 from .int8_schedules import Int8Conv2dRule, Int8DenseRule
 from .schedule_common import epilogue_at, largest_divisor, register_budget, vector_lanes
 
@@ -147,7 +148,7 @@ class Conv2dRule(dl.ScheduleRule):
         sch.reorder(*batch, coo, oh, owo, *reduction_loops, coi, owi)
         epilogue_at(sch, block, after[-1].block_rv if after else None, owo, len(batch) + 3, owt)
         depthwise = (kinds.endswith("RR") and not kinds.endswith("RRR") and before  # no ci loop, and
-                     and int(sch.get(before[-1].block_rv).writes[0].source.shape[-3]) == channels)  # not Ci = 1
+                     and int(sch.get(before[-1].block_rv).writes[0].source.shape[1]) == channels)  # not Ci = 1
         if depthwise:
             # each channel pads its own plane (L2-resident) right before using it; the blocks before
             # the conv (padding, and a quantize that fusion put there) go in, consumers first
@@ -159,7 +160,12 @@ class Conv2dRule(dl.ScheduleRule):
             sch.parallel(sch.fuse(*batch, coo, oh))
             for info in before:
                 loops = sch.get_loops(info.block_rv)
-                sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
+                if sch.get(info.block_rv).annotations.get(INTERIOR_ATTR) is None:
+                    sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
+                else:  # keep the rows apart from the channels: the padding splits them
+                    sch.parallel(sch.fuse(*loops[:2]))
+        for info in before:
+            schedule_padding(sch, info.block_rv, lanes)
         sch.unroll(coi)
         if owt >= 4:
             sch.vectorize(owi)

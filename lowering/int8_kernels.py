@@ -182,8 +182,8 @@ def exact_in_float32(reduction: int) -> bool:
 
 def qgrouped_conv2d_acc(data, weight, strides, padding, dilation, groups: int, x_zero_point: int):
     """int32 accumulator of a grouped (depthwise: groups = channels) conv on 8-bit data padded with
-    its zero point inside the kernel; no dot-product layout (a depthwise conv reduces over only
-    kh x kw), scheduled by the direct conv2d rule (lowering/cpu_schedules.Conv2dRule):
+    its zero point (lowering/grouped_conv.py); no dot-product layout (a depthwise conv reduces over
+    only kh x kw), scheduled by the direct conv2d rule (lowering/cpu_schedules.Conv2dRule):
 
         acc[n, o, oh, ow] = sum_{c < C/g, kh, kw} pad(x)[n, (o // (O/g)) * C/g + c, ...] * W[o, c, kh, kw]
 
@@ -191,31 +191,14 @@ def qgrouped_conv2d_acc(data, weight, strides, padding, dilation, groups: int, x
     conv: 9 x 255 x 128), the sum runs on float32 copies of the integers, exactly, with the float
     multiply-adds the CPU issues twice as fast as int32 multiplies (`weight` is then float32),
     and is converted to int32 at the end."""
-    from tvm import te, tirx
+    from tvm import te
 
-    batch, in_channels, height, width = (int(e) for e in data.shape)
-    out_channels, group_channels, kernel_h, kernel_w = (int(e) for e in weight.shape)
-    (top, left), (stride_h, stride_w), (dilation_h, dilation_w) = padding, strides, dilation
+    from .grouped_conv import grouped_conv2d
+
+    (top, left) = padding
     dtype = str(weight.dtype) if str(weight.dtype) == "float32" else "int32"
-
-    def pad(n, c, y, x):
-        inside = tirx.all(y >= top, y < height + top, x >= left, x < width + left)
-        value = data[n, c, tirx.min(tirx.max(y - top, 0), height - 1), tirx.min(tirx.max(x - left, 0), width - 1)]
-        return tirx.if_then_else(inside, value.astype(dtype), tirx.const(x_zero_point, dtype))
-
-    padded = te.compute((batch, in_channels, height + 2 * top, width + 2 * left), pad, name="pad_temp")
-    out_h = (height + 2 * top - dilation_h * (kernel_h - 1) - 1) // stride_h + 1
-    out_w = (width + 2 * left - dilation_w * (kernel_w - 1) - 1) // stride_w + 1
-    per_group = out_channels // groups
-    rc = te.reduce_axis((0, group_channels), name="rc")
-    ry = te.reduce_axis((0, kernel_h), name="ry")
-    rx = te.reduce_axis((0, kernel_w), name="rx")
-    acc = te.compute(
-        (batch, out_channels, out_h, out_w),
-        lambda n, o, y, x: te.sum(
-            padded[n, o // per_group * group_channels + rc, y * stride_h + ry * dilation_h,
-                   x * stride_w + rx * dilation_w] * weight[o, rc, ry, rx].astype(dtype),
-            axis=[rc, ry, rx]), name="qconv2d_grouped")
+    acc = grouped_conv2d(data, weight, strides, (top, left, top, left), dilation, groups, x_zero_point, dtype,
+                         name="qconv2d_grouped")
     if dtype == "int32":
         return acc
     return te.compute(acc.shape, lambda *index: acc[index].astype("int32"), name="to_int32")

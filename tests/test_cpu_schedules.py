@@ -89,6 +89,9 @@ def conv_graph(batch, cin, cout, size, kernel, stride, padding, groups, dilation
     (2, 32, 48, 7, 3, 1, 1, 1),       # batch 2, 7 columns
     (1, 24, 24, 13, 3, 1, 1, 24),     # depthwise, 14 columns: one partial vector per row
     (2, 16, 16, 11, 3, 2, 1, 16),     # depthwise, batch 2, stride 2, 6 columns
+    (1, 16, 16, 12, 5, 2, 2, 16),     # depthwise 5x5, stride 2, odd padded width (17): parity planes differ
+    (1, 8, 8, 9, 3, 2, 0, 8),         # depthwise, stride 2, no padding: no border to split off
+    (1, 8, 16, 10, 3, 2, 1, 4),       # grouped, stride 2
     (1, 4, 8, 31, 1, 1, 0, 1),        # 4 multiply-adds per output, 32 columns: the NCHW rule
 ])
 @pytest.mark.parametrize("target", ["x86", AVX2_TARGET], ids=["host", "avx2"])
@@ -138,3 +141,14 @@ def test_encoder_kernels_are_scheduled():
     assert compiled.report.max_abs_diff <= 1e-4
     unscheduled = [n for n in compiled.report.lowering_notes if "no schedule rule" in n]
     assert len(unscheduled) < len(compiled.report.kernels) / 2
+
+
+def test_stride2_depthwise_reads_a_parity_split_plane_with_a_branch_free_interior():
+    """The padding of a stride-2 depthwise conv is stored by column parity and partitioned: its
+    interior copy is one vectorized load per row and parity, no condition per element."""
+    graph = conv_graph(1, 32, 32, 15, 3, 2, 1, 32)
+    _, optimized, _ = lower(graph, resolve_target("x86").tvm_target())
+    (conv,) = [f for gv, f in optimized.functions_items() if isinstance(f, tirx.PrimFunc) and "pad_temp" in f.script()]
+    text = conv.script()
+    assert "T.int64(2), T.int64(9)" in text  # pad_temp[1, 32, 17, 2, 9]: 17 columns split by parity
+    assert "_partition" in text and "T.vectorized(T.int64(1), T.int64(8))" in text
