@@ -1,6 +1,6 @@
 """Rewrite passes over ir.Graph: the pass API, pipelines, the pass manager and its instruments,
 pattern rules, and the built-in passes (fold-bn, fold-constants, fuse, quantize)."""
-from . import fold_bn, fold_constants, fuse, quant_realize, quantize  # noqa: F401  (register the built-in passes)
+from . import fold_bn, fold_constants, fuse, prune, quant_realize, quantize  # noqa: F401  (register the built-in passes)
 from .base import PASS_REGISTRY, Pass, PassError, PassResult, register_pass
 from .instruments import InstrumentOptions
 from .manager import Instrument, PassManager, PipelineResult

@@ -43,6 +43,7 @@ class Pass:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     lossy: ClassVar[bool] = False  # changes outputs on purpose (quantize): numerics are reported, not enforced
+    idempotent: ClassVar[bool] = True  # a second run changes nothing (prune by a ratio removes more again)
 
     def run(self, graph: Graph) -> PassResult:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -29,10 +29,14 @@ def test_pass_on_builtin_model(pass_name, model):
     assert ir.print_graph(graph) == before, "a pass changed the graph it was given, not its copy"
     verify(result.graph)
     second = PassManager(pass_name).run(result.graph)
-    assert not second.modified, f"{pass_name} is not idempotent on {model}: {second.records[0].stats}"
+    if PASS_REGISTRY[pass_name].idempotent:
+        assert not second.modified, f"{pass_name} is not idempotent on {model}: {second.records[0].stats}"
     with torch.no_grad():
-        if PASS_REGISTRY[pass_name].lossy:  # quantize: close, not equal
+        approximates = PASS_REGISTRY[pass_name].idempotent  # quantize approximates; prune removes channels
+        if PASS_REGISTRY[pass_name].lossy and approximates:  # quantize: close, not equal
             assert result.records[0].stats["sqnr_db"] > 30
+        elif PASS_REGISTRY[pass_name].lossy:  # prune: smaller layers, the same output shapes
+            assert [o.shape for o in result.graph.run(*inputs)] == [module(*inputs).shape]
         else:
             torch.testing.assert_close(result.graph.run(*inputs)[0], module(*inputs), rtol=1e-4, atol=1e-4)
 

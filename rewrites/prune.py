@@ -1,0 +1,202 @@
+"""prune: structured channel pruning that shrinks the parameters for real.
+
+1. Groups (rewrites/prune_groups.py): channels that must go together are one class (a residual
+   stream's channel c in every layer that writes it); classes from the same layers are a group.
+2. Importance of a class = the sum over its elements of the creating layer's output slice
+   (and, for `bn-scale`, of the batch norm that reads it):
+       l1:  sum |W[c, ...]|        l2:  sqrt(sum W[c, ...]^2)        bn-scale: |gamma[c]|
+3. Allocation: in every group, the floor(ratio * n) least important unblocked classes go, with
+   n - removed rounded up to a multiple of `round`; a class is blocked when it reaches the model
+   output, a protected layer creates it (`protect=[...]`, default: the first layer that reads a
+   model input, i.e. the first conv), or an op without a handler reads it.
+4. Shrinking: each op's handler slices its parameters (rewrites/prune_handlers.py) and fixes
+   shape arguments; the graph's shapes are recomputed.
+
+The plan (group, removed channel indices per layer, importance range) is in the notes, which
+`slimgraph dump --stats` and the compile log print. Pruning changes outputs on purpose (a lossy
+pass); a model whose removed channels were zero gives the same outputs pruned.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+import torch.fx as fx
+
+from slimgraph.ir.graph import provenance_of
+
+from .base import Pass, PassError, PassResult, register_pass
+from .prune_groups import ChannelAnalysis, ChannelGroup, analyze
+from .prune_handlers import CHANNEL_HANDLERS
+
+IMPORTANCE = ("l1", "l2", "bn-scale")
+aten = torch.ops.aten
+
+
+class PruneEdit:
+    """What the handlers call while shrinking: kept indices of a value, parameter slices, args."""
+
+    def __init__(self, graph, analysis: ChannelAnalysis, removed: set[int]):
+        self.graph, self.analysis, self.removed = graph, analysis, removed
+        self.slices: dict[str, tuple[int, list[int]]] = {}
+
+    def kept(self, element: int) -> bool:
+        return self.analysis.find(element) not in self.removed
+
+    def keep(self, value) -> list[int] | None:
+        mapped = self.analysis.map_of(value)
+        if mapped is None:
+            return None
+        keep = [i for i, e in enumerate(mapped.elements) if self.kept(e)]
+        return None if len(keep) == len(mapped.elements) else keep
+
+    def axis(self, value) -> int:
+        return self.analysis.map_of(value).axis
+
+    def slice_param(self, value, dim: int | None, keep: list[int] | None) -> None:
+        if keep is None or dim is None or not isinstance(value, fx.Node):
+            return
+        if value.op != "get_attr":
+            raise PassError(f"prune: %{value.name} feeds a pruned layer but is computed, not a parameter")
+        tensor = self.graph.params[value.target]
+        key = f"{value.target}@{dim}"
+        if key in self.slices:
+            return
+        self.slices[key] = (dim, keep)
+        self.graph.params[value.target] = tensor.index_select(dim, torch.tensor(keep, dtype=torch.long)).contiguous()
+
+    def set_arg(self, node: fx.Node, index: int, value) -> None:
+        args = list(node.args)
+        args[index] = value
+        node.args = tuple(args)
+
+    def replace_target(self, node: fx.Node, target, args) -> None:
+        node.target, node.args = target, tuple(args)
+
+
+def _layer_importance(graph, space, how: str) -> torch.Tensor:
+    node = space.node
+    weight = node.args[0] if node.target is aten.embedding.default else node.args[1]
+    tensor = graph.params[weight.target].detach().double()
+    dim = 1 if node.target in (aten.conv_transpose2d.input, aten.embedding.default) else 0
+    per_channel = tensor.movedim(dim, 0).reshape(tensor.shape[dim], -1)
+    if how == "l1":
+        return per_channel.abs().sum(1)
+    return per_channel.pow(2).sum(1).sqrt()
+
+
+def _bn_scales(graph, analysis) -> dict[int, float]:
+    """|gamma| per element of every batch norm's input channel."""
+    scales: dict[int, float] = {}
+    for node in graph.fx_graph.nodes:
+        if node.op == "call_function" and node.target is aten.batch_norm.default and node.args[1] is not None:
+            mapped = analysis.map_of(node.args[0])
+            if mapped is not None:
+                gamma = graph.params[node.args[1].target].detach().double().abs()
+                for element, value in zip(mapped.elements, gamma.tolist()):
+                    scales[element] = scales.get(element, 0.0) + value
+    return scales
+
+
+@register_pass
+@dataclass
+class Prune(Pass):
+    name: ClassVar[str] = "prune"
+    summary: ClassVar[str] = "structured channel pruning: dependency groups, importance, real shrinking"
+    lossy: ClassVar[bool] = True
+    idempotent: ClassVar[bool] = False  # each run removes `ratio` of what is left
+    ratio: float = 0.5
+    importance: str = "l2"
+    round: int = 1
+    protect: list[str] = field(default_factory=list)  # node or module names; the first layer is always kept
+
+    def _check(self, graph) -> set[str]:
+        if not 0 < self.ratio < 1:
+            raise PassError(f"prune: ratio must be in (0, 1), got {self.ratio}")
+        if self.importance not in IMPORTANCE:
+            raise PassError(f"prune: unknown importance '{self.importance}' (known: {', '.join(IMPORTANCE)})")
+        if self.round < 1:
+            raise PassError(f"prune: round must be a positive channel multiple, got {self.round}")
+        layers = [n for n in graph.fx_graph.nodes if n.op == "call_function" and n.target in CHANNEL_HANDLERS
+                  and getattr(CHANNEL_HANDLERS[n.target], "out_dim", None) is not None]
+        protected = set()
+        for name in self.protect:
+            hits = [n.name for n in layers if n.name == name or provenance_of(n).source == name
+                    or provenance_of(n).source.startswith(name + ".")]
+            if not hits:
+                raise PassError(f"prune: protect '{name}' matches no conv, linear or embedding node or module")
+            protected.update(hits)
+        first = next((n for n in layers if any(a.op == "placeholder" for a in n.args if isinstance(a, fx.Node))), None)
+        if first is not None:
+            protected.add(first.name)
+        return protected
+
+    def plan(self, graph) -> tuple[ChannelAnalysis, set[int], list[str]]:
+        """The analysis, the classes (union-find roots) to remove, and the notes describing it."""
+        protected = self._check(graph)
+        analysis = analyze(graph, protected)
+        scales = _bn_scales(graph, analysis) if self.importance == "bn-scale" else {}
+        element_importance: dict[int, float] = {}
+        for space in analysis.spaces:  # bn-scale: a layer without a batch norm after it uses l2
+            values = _layer_importance(graph, space, "l1" if self.importance == "l1" else "l2")
+            for offset in range(space.size):
+                element = space.first + offset
+                element_importance[element] = scales.get(element, float(values[offset]))
+        removed, notes = set(), list(dict.fromkeys(analysis.stops))
+        for group in analysis.groups():
+            chosen = self._allocate(group, element_importance)
+            removed.update(analysis.find(group.classes[i][0]) for i in chosen)
+            notes.append(self._describe(group, chosen, element_importance))
+        return analysis, removed, notes
+
+    def run(self, graph):
+        analysis, removed, notes = self.plan(graph)
+        if not removed:
+            return PassResult(graph, False, {"channels_removed": 0}, notes)
+        edit = PruneEdit(graph, analysis, removed)
+        for node in list(graph.fx_graph.nodes):
+            if node.op == "call_function" and node.target in CHANNEL_HANDLERS:
+                CHANNEL_HANDLERS[node.target].shrink(node, edit)
+        graph.remove_unused_params()
+        graph.propagate_shapes()
+        removed_elements = sum(1 for e in range(len(analysis.parent)) if analysis.find(e) in removed)
+        return PassResult(graph, True, {"channel_classes_removed": len(removed), "channels_removed": removed_elements},
+                          notes)
+
+    def _allocate(self, group: ChannelGroup, importance: dict[int, float]) -> list[int]:
+        free = [i for i in range(len(group.classes)) if i not in group.blocked]
+        if not free or group.blocked:
+            return []  # a group is pruned whole or not at all: its blocked classes say why
+        total = len(group.classes)
+        keep = max(1, total - math.floor(self.ratio * total))
+        keep = min(total, math.ceil(keep / self.round) * self.round)
+        ranked = sorted(free, key=lambda i: sum(importance[e] for e in group.classes[i]))
+        return sorted(ranked[:total - keep])
+
+    def _describe(self, group: ChannelGroup, chosen: list[int], importance) -> str:
+        layers = ", ".join(provenance_of(s.node).source or s.node.name for s in group.spaces)
+        if not chosen:
+            reason = next(iter(group.blocked.values()), "nothing to remove at this ratio")
+            return f"group [{layers}]: {len(group.classes)} channels kept: {reason}"
+        scores = [sum(importance[e] for e in group.classes[i]) for i in range(len(group.classes))]
+        kept = [s for i, s in enumerate(scores) if i not in set(chosen)]
+        removed = [scores[i] for i in chosen]
+        return (f"group [{layers}]: {len(group.classes)} -> {len(group.classes) - len(chosen)} channels, removed "
+                f"{_short(chosen)} (importance {min(removed):.3g}..{max(removed):.3g}, kept {min(kept):.3g}..{max(kept):.3g})")
+
+
+def removed_channels(analysis: ChannelAnalysis, removed: set[int]) -> dict[str, list[int]]:
+    """Per layer node name: the output channel indices the plan removes."""
+    result = {}
+    for space in analysis.spaces:
+        indices = [i for i in range(space.size) if analysis.find(space.first + i) in removed]
+        if indices:
+            result[space.node.name] = indices
+    return result
+
+
+def _short(indices: list[int]) -> str:
+    text = ",".join(str(i) for i in indices[:12])
+    return f"[{text}{',...' if len(indices) > 12 else ''}]"

@@ -1,0 +1,206 @@
+"""Structured pruning: dependency groups, real shrinking, zeroed-equivalence, reasons, bad options."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import slimgraph
+from slimgraph.ir.ops import register_canonical_op
+from slimgraph.ir.stats import graph_stats
+from slimgraph.model_source import load_model
+from slimgraph.rewrites.base import PassError
+from slimgraph.rewrites.prune import Prune, removed_channels
+from slimgraph.rewrites.prune_groups import ChannelMap
+from slimgraph.rewrites.prune_handlers import CHANNEL_HANDLERS, ChannelHandler, register_channel_handler
+
+aten = torch.ops.aten
+
+
+def graph_of(module, *inputs):
+    return load_model(module.eval(), inputs, None).graph
+
+
+def zero_removed(graph, prune: Prune):
+    """A copy of `graph` whose channels the plan removes are exactly zero after their layer: the
+    creating layer's weight slice and bias, and any batch norm's gamma and beta, are zero."""
+    analysis, removed, _ = prune.plan(graph)
+    zeroed = graph.copy()
+    plan = removed_channels(analysis, removed)
+    for node in zeroed.fx_graph.nodes:
+        if node.name in plan:
+            index = torch.tensor(plan[node.name])
+            weight = node.args[1].target
+            dim = 1 if node.target is aten.conv_transpose2d.input else 0
+            zeroed.params[weight] = zeroed.params[weight].index_fill(dim, index, 0.0)
+            if len(node.args) > 2 and node.args[2] is not None:
+                zeroed.params[node.args[2].target] = zeroed.params[node.args[2].target].index_fill(0, index, 0.0)
+    for node in zeroed.fx_graph.nodes:  # a batch norm turns a zero channel into beta - mean * s,
+        if node.op != "call_function":  # a depthwise conv into its bias
+            continue
+        mapped = analysis.map_of(graph.node(node.name))
+        gone = [i for i, e in enumerate(mapped.elements) if analysis.find(e) in removed] if mapped else []
+        depthwise = node.target is aten.conv2d.default and len(node.args) > 6 and node.args[6] != 1 \
+            and node.name not in plan
+        if gone and (node.target is aten.batch_norm.default or depthwise):
+            for arg in (a for a in node.args[1:3] if a is not None):
+                zeroed.params[arg.target] = zeroed.params[arg.target].index_fill(0, torch.tensor(gone), 0.0)
+    return zeroed
+
+
+def assert_pruned_equals_zeroed(graph, prune: Prune):
+    zeroed = zero_removed(graph, prune)
+    result = prune.run(zeroed.copy())
+    assert result.modified and result.stats["channels_removed"] > 0
+    inputs = graph.example_inputs(seed=3)
+    for expected, actual in zip(zeroed.run(*inputs), result.graph.run(*inputs)):
+        assert actual.shape == expected.shape
+        torch.testing.assert_close(actual, expected, atol=1e-4, rtol=1e-4)
+    assert graph_stats(result.graph).parameters < graph_stats(graph).parameters
+    return result
+
+
+@pytest.mark.parametrize("model", ["resnet18", "mobilenet_v2", "digit_cnn", "bert_encoder"])
+@pytest.mark.parametrize("ratio", [0.3, 0.5])
+def test_builtin_models_shrink_and_keep_their_output_shapes(model, ratio):
+    loaded = load_model(model, None, None)
+    graph = loaded.graph
+    result = Prune(ratio=ratio).run(graph.copy())
+    assert result.modified
+    before, after = graph_stats(graph), graph_stats(result.graph)
+    assert after.macs < before.macs and after.parameters < before.parameters
+    outputs = result.graph.run(*loaded.example_inputs)
+    assert [tuple(o.shape) for o in outputs] == [tuple(o.shape) for o in graph.run(*loaded.example_inputs)]
+
+
+@pytest.mark.parametrize("model", ["resnet18", "mobilenet_v2"])
+def test_zeroed_channels_give_the_same_outputs_pruned(model):
+    graph = load_model(model, None, None).graph
+    result = assert_pruned_equals_zeroed(graph, Prune(ratio=0.5))
+    assert any("->" in note for note in result.notes)
+
+
+def test_pruned_resnet18_compiles_and_matches_pytorch():
+    graph = load_model("resnet18", None, None).graph
+    pruned = Prune(ratio=0.5).run(graph.copy()).graph
+    compiled = slimgraph.compile(pruned, check=True)
+    assert compiled.report.max_abs_diff <= 1e-3
+    assert graph_stats(pruned).macs < 0.45 * graph_stats(graph).macs
+
+
+class Blocks(nn.Module):
+    """Residual add, concat, split, depthwise and grouped conv, flatten into a linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.a = nn.Conv2d(16, 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.b = nn.Conv2d(16, 8, 1)
+        self.c = nn.Conv2d(16, 8, 1)
+        self.depthwise = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.d = nn.Conv2d(16, 8, 1)
+        self.g_in = nn.Conv2d(16, 16, 1)
+        self.grouped = nn.Conv2d(16, 12, 3, padding=1, groups=4)
+        self.head = nn.Linear(8 * 4 + 12 * 4, 5)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn_like(p) * 0.5)
+            self.bn.running_mean.uniform_(-1, 1)
+            self.bn.running_var.uniform_(0.5, 2)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = x + self.bn(self.a(x))                                      # residual
+        y = torch.cat([self.b(x), self.c(x)], 1)                         # concat on channels
+        first, second = torch.split(y, [10, 6], 1)                       # split, uneven
+        z = torch.relu(self.depthwise(torch.cat([second, first], 1)))    # depthwise on a remapped concat
+        z = nn.functional.adaptive_avg_pool2d(self.d(z), 2).flatten(1)   # flatten into the linear
+        g = torch.relu(self.grouped(torch.relu(self.g_in(x))))
+        g = nn.functional.adaptive_avg_pool2d(g, 2).flatten(1)
+        return self.head(torch.cat([z, g], 1))
+
+
+def test_residual_concat_split_depthwise_grouped_shrink_exactly():
+    graph = graph_of(Blocks(), torch.randn(1, 3, 8, 8))
+    result = assert_pruned_equals_zeroed(graph, Prune(ratio=0.5))
+    grouped = next(n for n in result.graph.fx_graph.nodes if n.op == "call_function" and n.target is aten.conv2d.default
+                   and len(n.args) > 6 and n.args[6] == 4)
+    assert grouped.meta["val"].shape[1] % 4 == 0 and grouped.meta["val"].shape[1] < 12  # groups stay equal
+    assert any("input channels of grouped conv" in note for note in result.notes)
+    for layer in ("b", "c", "d"):
+        assert any(note.startswith(f"group [{layer}]: 8 -> 4") for note in result.notes)
+    assert any(note.startswith("group [g_in]: 16 channels kept: input channels of grouped conv") for note in result.notes)
+
+
+@torch.library.custom_op("slimgraph_test::flip_channels", mutates_args=())
+def flip_channels(x: torch.Tensor) -> torch.Tensor:
+    """A user's op: the channels in reverse order."""
+    return torch.flip(x, [1])
+
+
+@flip_channels.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+register_canonical_op(torch.ops.slimgraph_test.flip_channels.default)
+
+
+class Flip(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+        self.b = nn.Conv2d(8, 8, 1)
+        self.c = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.c(flip_channels(self.b(torch.relu(self.a(x)))))
+
+
+class FlipChannels(ChannelHandler):
+    """The user's handler: index c of the output carries the element of input index C - 1 - c."""
+
+    def propagate(self, node, analysis):
+        data = analysis.map_of(node.args[0])
+        return ChannelMap(data.axis, data.elements[::-1]) if data is not None else None
+
+
+def test_an_op_without_a_handler_stops_its_group_with_the_reason():
+    graph = graph_of(Flip(), torch.randn(1, 3, 4, 4))
+    result = Prune(ratio=0.5).run(graph.copy())
+    reason = "no pruning handler for slimgraph_test.flip_channels.default (node %flip_channels)"
+    assert reason in result.notes
+    assert f"group [b]: 8 channels kept: {reason}" in result.notes
+
+
+def test_a_user_registered_handler_lets_the_group_through():
+    graph = graph_of(Flip(), torch.randn(1, 3, 4, 4))
+    op = torch.ops.slimgraph_test.flip_channels.default
+    register_channel_handler(op, FlipChannels())
+    try:
+        result = assert_pruned_equals_zeroed(graph, Prune(ratio=0.5))
+    finally:
+        del CHANNEL_HANDLERS[op]
+    assert any(note.startswith("group [b]: 8 -> 4 channels") for note in result.notes)
+
+
+def test_round_keeps_a_multiple_and_protect_keeps_a_layer():
+    graph = load_model("resnet18", None, None).graph
+    notes = Prune(ratio=0.3, round=16, protect=["layer2.0.conv1"]).run(graph.copy()).notes
+    assert any("[layer1.0.conv1]: 64 -> 48 channels" in note for note in notes)  # 44.8 -> 48
+    assert any("[layer2.0.conv1]: 128 channels kept: layer %conv2d_6 is protected" in note for note in notes)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"ratio": 1.0}, "prune: ratio must be in (0, 1), got 1.0"),
+    ({"ratio": 0}, "prune: ratio must be in (0, 1), got 0"),
+    ({"importance": "taylorr"}, "prune: unknown importance 'taylorr' (known: l1, l2, bn-scale)"),
+    ({"protect": ["layer9"]}, "prune: protect 'layer9' matches no conv, linear or embedding node or module"),
+    ({"round": 0}, "prune: round must be a positive channel multiple, got 0"),
+])
+def test_bad_options_name_the_option(options, message):
+    graph = load_model("resnet18", None, None).graph
+    with pytest.raises(PassError) as error:
+        Prune(**options).run(graph.copy())
+    assert str(error.value) == message
