@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from slimgraph.cli_bench import add_bench_parser
@@ -66,7 +67,7 @@ def _compile(args) -> int:
     stdout.print(table)
     for record in (r for r in report.passes if r.pass_.lossy):  # quantize: calibration, per-layer SQNR
         for note in record.notes[:MAX_NOTES]:
-            stdout.print(f"  {record.pass_.name}: {note}")
+            stdout.print(f"  {record.pass_.name}: {escape(note)}")
         if len(record.notes) > MAX_NOTES:
             stdout.print(f"  {record.pass_.name}: ... {len(record.notes) - MAX_NOTES} more: slimgraph dump MODEL "
                          f"--pipeline '{compiled.metadata['pipeline']}' --stats")
@@ -129,7 +130,7 @@ def _dump(args) -> int:
         stdout.print(heavy)
         for record in records:  # e.g. quantize: per-layer SQNR, most sensitive first
             for note in record.notes:
-                stdout.print(f"{record.pass_.name}: {note}")
+                stdout.print(f"{record.pass_.name}: {escape(note)}")
     return 0
 
 

@@ -129,6 +129,17 @@ def test_dump_prints_ir_and_statistics(capsys, tmp_path):
     assert code == 0 and 'graph "digit_cnn" {' in stdout
 
 
+def test_dump_stats_prints_the_pruning_plan(capsys):
+    code, stdout, _ = run_cli(capsys, "dump", "digit_cnn", "--pipeline", "prune{ratio=0.5}", "--stats")
+    assert code == 0
+    stdout = " ".join(stdout.split())  # rich wraps long notes to the terminal
+    assert "prune: group [conv2]: 32 -> 16 channels, removed [" in stdout  # brackets printed, not markup
+    assert "prune: group [conv1]: 16 channels kept: layer %conv2d is protected" in stdout
+    assert "%linear = aten.linear.default(%flatten, %fc1_weight, %fc1_bias) : f32[1,32]" in stdout
+    code, _, stderr = run_cli(capsys, "dump", "digit_cnn", "--pipeline", "prune{ratio=2}")
+    assert code != 0 and "prune: ratio must be in (0, 1), got 2.0" in stderr
+
+
 def test_console_script_exit_code(tmp_path):
     result = subprocess.run([sys.executable, "-m", "slimgraph.cli", "compile", str(tmp_path / "x.onnx")],
                             capture_output=True, text=True)
