@@ -11,6 +11,7 @@ import warnings
 warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
 
 from slimgraph.compiler import compile  # noqa: E402,A001
+from slimgraph.pruning import prune  # noqa: E402
 from slimgraph.runtime import CompiledModel, load  # noqa: E402
 
-__all__ = ["compile", "load", "CompiledModel", "__version__"]
+__all__ = ["compile", "load", "prune", "CompiledModel", "__version__"]

@@ -41,6 +41,7 @@ class PruneEdit:
     def __init__(self, graph, analysis: ChannelAnalysis, removed: set[int]):
         self.graph, self.analysis, self.removed = graph, analysis, removed
         self.slices: dict[str, tuple[int, list[int]]] = {}
+        self.changed_args: list[fx.Node] = []  # nodes whose non-parameter arguments changed
 
     def kept(self, element: int) -> bool:
         return self.analysis.find(element) not in self.removed
@@ -71,9 +72,11 @@ class PruneEdit:
         args = list(node.args)
         args[index] = value
         node.args = tuple(args)
+        self.changed_args.append(node)
 
     def replace_target(self, node: fx.Node, target, args) -> None:
         node.target, node.args = target, tuple(args)
+        self.changed_args.append(node)
 
 
 def _layer_importance(graph, space, how: str) -> torch.Tensor:
@@ -155,12 +158,7 @@ class Prune(Pass):
         analysis, removed, notes = self.plan(graph)
         if not removed:
             return PassResult(graph, False, {"channels_removed": 0}, notes)
-        edit = PruneEdit(graph, analysis, removed)
-        for node in list(graph.fx_graph.nodes):
-            if node.op == "call_function" and node.target in CHANNEL_HANDLERS:
-                CHANNEL_HANDLERS[node.target].shrink(node, edit)
-        graph.remove_unused_params()
-        graph.propagate_shapes()
+        shrink(graph, analysis, removed)
         removed_elements = sum(1 for e in range(len(analysis.parent)) if analysis.find(e) in removed)
         return PassResult(graph, True, {"channel_classes_removed": len(removed), "channels_removed": removed_elements},
                           notes)
@@ -185,6 +183,17 @@ class Prune(Pass):
         removed = [scores[i] for i in chosen]
         return (f"group [{layers}]: {len(group.classes)} -> {len(group.classes) - len(chosen)} channels, removed "
                 f"{_short(chosen)} (importance {min(removed):.3g}..{max(removed):.3g}, kept {min(kept):.3g}..{max(kept):.3g})")
+
+
+def shrink(graph, analysis: ChannelAnalysis, removed: set[int]) -> PruneEdit:
+    """Apply the plan to `graph` in place (every handler's shrink); returns what was sliced."""
+    edit = PruneEdit(graph, analysis, removed)
+    for node in list(graph.fx_graph.nodes):
+        if node.op == "call_function" and node.target in CHANNEL_HANDLERS:
+            CHANNEL_HANDLERS[node.target].shrink(node, edit)
+    graph.remove_unused_params()
+    graph.propagate_shapes()
+    return edit
 
 
 def removed_channels(analysis: ChannelAnalysis, removed: set[int]) -> dict[str, list[int]]:

@@ -6,6 +6,8 @@ import torch
 from torch import nn
 
 import slimgraph
+import slimgraph.ir.errors
+import slimgraph.models
 from slimgraph.ir.ops import register_canonical_op
 from slimgraph.ir.stats import graph_stats
 from slimgraph.model_source import load_model
@@ -204,3 +206,33 @@ def test_bad_options_name_the_option(options, message):
     with pytest.raises(PassError) as error:
         Prune(**options).run(graph.copy())
     assert str(error.value) == message
+
+
+def test_prune_module_in_place_matches_the_pruned_graph_and_trains():
+    module, inputs = slimgraph.models.make_digit_cnn()
+    graph = graph_of(module, *inputs)
+    expected = Prune(ratio=0.5).run(graph.copy()).graph
+    report = slimgraph.prune(module, inputs, ratio=0.5)
+    assert (module.conv2.out_channels, module.bn2.num_features, module.fc1.in_features) == (16, 16, 16 * 16)
+    assert (module.fc1.out_features, module.fc2.in_features, module.conv1.out_channels) == (32, 32, 16)
+    stored = sum(t.numel() for t in module.state_dict().values() if t.is_floating_point())  # with BN statistics
+    assert report.parameters[1] == stored < report.parameters[0]
+    assert report.macs[1] < report.macs[0] and report.channels_removed == 16 + 32
+    x = torch.rand(4, 1, 8, 8) * 16
+    with torch.no_grad():
+        torch.testing.assert_close(module(x[:1]), expected.run(x[:1])[0], atol=1e-5, rtol=1e-5)
+    module.train()
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
+    loss = torch.nn.functional.cross_entropy(module(x), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    optimizer.step()
+    assert module.conv2.weight.grad.shape == (16, 16, 3, 3)
+
+
+def test_prune_module_refuses_a_plan_that_changes_a_shape_written_in_forward():
+    module = Blocks()
+    before = {k: v.shape for k, v in module.state_dict().items()}
+    with pytest.raises(slimgraph.ir.errors.SlimgraphError) as error:
+        slimgraph.prune(module, (torch.randn(1, 3, 8, 8),), ratio=0.5)
+    assert str(error.value).startswith("prune: the plan changes the shape argument of %split_with_sizes")
+    assert {k: v.shape for k, v in module.state_dict().items()} == before  # nothing changed
