@@ -1,4 +1,4 @@
-"""The `slimgraph` command line: compile, dump, run, bench, tune, passes, models.
+"""The `slimgraph` command line: compile, dump, run, bench, tune, passes, models, demo.
 
 Every failure is one line on stderr (`slimgraph: error: ...`) and a non-zero exit code;
 `--traceback` shows the Python traceback as well.
@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from slimgraph.cli_bench import add_bench_parser
+from slimgraph.cli_demo import add_demo_parser
 from slimgraph.cli_tune import add_tune_parser, add_tuning_options, print_tuning_summary, tuning_options
 from slimgraph.ir.errors import SlimgraphError
 
@@ -269,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     passes.set_defaults(handler=_passes)
 
     add_bench_parser(commands, _add_pass_options)
+    add_demo_parser(commands)
     add_tune_parser(commands, _add_pass_options)
 
     models = commands.add_parser("models", help="list the built-in reference models")

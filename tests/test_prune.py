@@ -236,3 +236,17 @@ def test_prune_module_refuses_a_plan_that_changes_a_shape_written_in_forward():
         slimgraph.prune(module, (torch.randn(1, 3, 8, 8),), ratio=0.5)
     assert str(error.value).startswith("prune: the plan changes the shape argument of %split_with_sizes")
     assert {k: v.shape for k, v in module.state_dict().items()} == before  # nothing changed
+
+
+def test_demo_prune_on_real_digits_recovers_the_accuracy_and_compiles(capsys):
+    pytest.importorskip("sklearn")
+    from slimgraph import cli
+
+    assert cli.main(["demo", "prune"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    accuracy = {stage: float(text.split(f"│ {stage} │")[1].split("%")[0]) for stage in
+                ("unpruned", "pruned", "fine-tuned", "compiled")}
+    assert accuracy["unpruned"] > 90
+    assert accuracy["fine-tuned"] >= accuracy["unpruned"] - 1.0  # the issue: within 1 point after fine-tuning
+    assert abs(accuracy["compiled"] - accuracy["fine-tuned"]) <= 0.5  # the library predicts as PyTorch does
+    assert "parameters 38,474 -> " in text
