@@ -178,10 +178,12 @@ class Prune(Pass):
         if not chosen:
             reason = next(iter(group.blocked.values()), "nothing to remove at this ratio")
             return f"group [{layers}]: {len(group.classes)} channels kept: {reason}"
+        per_layer = len(group.classes[0]) // len(group.spaces)
+        unit = f"blocks of {per_layer} channels per layer" if per_layer > 1 else "channels"
         scores = [sum(importance[e] for e in group.classes[i]) for i in range(len(group.classes))]
         kept = [s for i, s in enumerate(scores) if i not in set(chosen)]
         removed = [scores[i] for i in chosen]
-        return (f"group [{layers}]: {len(group.classes)} -> {len(group.classes) - len(chosen)} channels, removed "
+        return (f"group [{layers}]: {len(group.classes)} -> {len(group.classes) - len(chosen)} {unit}, removed "
                 f"{_short(chosen)} (importance {min(removed):.3g}..{max(removed):.3g}, kept {min(kept):.3g}..{max(kept):.3g})")
 
 

@@ -11,7 +11,7 @@ a user's op; an op with none stops every group that reaches it (rewrites/prune_g
     batch / layer / group norm, activations, pooling, dropout: pass through, params sliced
     a + b, a * b: a[c] and b[c] become one class (a per-channel constant is sliced instead)
     cat / split on the channel axis: elements concatenated / sliced; split sizes recounted
-    flatten [N, C, H, W] -> [N, C H W]: feature f carries element f // (H W)
+    reshapes, permute / transpose, matmul over attention heads: rewrites/prune_layout.py
 """
 from __future__ import annotations
 
@@ -212,30 +212,6 @@ class GetItem(ChannelHandler):
         return pieces[node.args[1]] if isinstance(pieces, list) else None
 
 
-class Flatten(ChannelHandler):
-    """flatten / view / reshape of [N, C, rest...] into [N, C * prod(rest)] (channels first)."""
-
-    def propagate(self, node, analysis):
-        data = analysis.map_of(node.args[0])
-        if data is None:
-            return None
-        before, after = list(node.args[0].meta["val"].shape), list(node.meta["val"].shape)
-        if before == after:
-            return ChannelMap(data.axis, list(data.elements))
-        if data.axis == 1 and len(after) == 2 and after[0] == before[0]:
-            inner = after[1] // before[1]
-            return ChannelMap(1, [e for e in data.elements for _ in range(inner)])
-        analysis.block(data.elements, f"%{node.name} reshapes the channel axis {before} -> {after}")
-        return None
-
-    def shrink(self, node, plan):
-        keep = plan.keep(node)
-        if keep is not None and node.target in (aten.view.default, aten.reshape.default):
-            shape = list(node.args[1])
-            shape[1] = len(keep)
-            plan.set_arg(node, 1, shape)
-
-
 class GroupNorm(PassThrough):
     """Channel j of every group is one class: each group loses the same channels, stays equal."""
 
@@ -296,8 +272,9 @@ def _register_defaults() -> None:
     for op in (aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default):
         register_channel_handler(op, Split())
     register_channel_handler(operator.getitem, GetItem())
-    for op in (aten.flatten.using_ints, aten.view.default, aten.reshape.default):
-        register_channel_handler(op, Flatten())
+    from .prune_layout import register_layout_handlers  # reshapes, permutes, matmul over heads
+
+    register_layout_handlers()
     register_channel_handler(aten.softmax.int, Softmax())
     register_channel_handler(aten.mean.dim, SpatialMean())
 

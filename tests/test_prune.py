@@ -75,7 +75,7 @@ def test_builtin_models_shrink_and_keep_their_output_shapes(model, ratio):
     assert [tuple(o.shape) for o in outputs] == [tuple(o.shape) for o in graph.run(*loaded.example_inputs)]
 
 
-@pytest.mark.parametrize("model", ["resnet18", "mobilenet_v2"])
+@pytest.mark.parametrize("model", ["resnet18", "mobilenet_v2", "bert_encoder"])
 def test_zeroed_channels_give_the_same_outputs_pruned(model):
     graph = load_model(model, None, None).graph
     result = assert_pruned_equals_zeroed(graph, Prune(ratio=0.5))
@@ -250,3 +250,14 @@ def test_demo_prune_on_real_digits_recovers_the_accuracy_and_compiles(capsys):
     assert accuracy["fine-tuned"] >= accuracy["unpruned"] - 1.0  # the issue: within 1 point after fine-tuning
     assert abs(accuracy["compiled"] - accuracy["fine-tuned"]) <= 0.5  # the library predicts as PyTorch does
     assert "parameters 38,474 -> " in text
+
+
+def test_encoder_loses_whole_attention_heads():
+    graph = load_model("bert_encoder", None, None).graph
+    result = Prune(ratio=0.5).run(graph.copy())
+    heads = [n for n in result.notes if n.startswith("group [layers.0.query, layers.0.key, layers.0.value]")]
+    assert heads and heads[0].startswith("group [layers.0.query, layers.0.key, layers.0.value]: 4 -> 2 blocks of 64")
+    views = [n for n in result.graph.fx_graph.nodes if n.op == "call_function" and n.target is aten.view.default]
+    assert all(list(n.args[1]) == [1, 128, 2, 64] for n in views)
+    assert result.graph.params["layers.0.attn_output.weight"].shape == (256, 128)
+    assert result.graph.params["layers.0.query.weight"].shape == (128, 256)
