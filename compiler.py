@@ -112,8 +112,8 @@ def compile(model: Any, example_inputs: Sequence[torch.Tensor] | None = None, *,
     for plugin in plugins:  # before the pipeline parses: plugins add passes to it
         load_plugin(plugin)
     passes = parse_pipeline(pipeline)
-    if calibration_data is not None and not any(p.name == "quantize" for p in passes.passes):
-        raise SlimgraphError(f"calibration data given, but pipeline '{passes}' has no quantize pass")
+    if calibration_data is not None and not any(p.name in ("quantize", "prune") for p in passes.passes):
+        raise SlimgraphError(f"calibration data given, but pipeline '{passes}' has no quantize or prune pass")
     options = (instruments or InstrumentOptions()).merged_with_env()
     if dump_dir is not None and options.dump_dir is None:
         options.dump_dir = str(dump_dir)

@@ -2,9 +2,9 @@
 
 1. Groups (rewrites/prune_groups.py): channels that must go together are one class (a residual
    stream's channel c in every layer that writes it); classes from the same layers are a group.
-2. Importance of a class = the sum over its elements of the creating layer's output slice
-   (and, for `bn-scale`, of the batch norm that reads it):
-       l1:  sum |W[c, ...]|        l2:  sqrt(sum W[c, ...]^2)        bn-scale: |gamma[c]|
+2. Importance of a class = the sum over its elements (rewrites/prune_importance.py):
+       l1:  sum |W[c, ...]|     l2:  sqrt(sum W[c, ...]^2)     bn-scale: |gamma[c]| of the norm after it
+       taylor: sum over calibration batches of (sum_{i in W[c, ...]} w_i dL/dw_i)^2
 3. Allocation: in every group, the floor(ratio * n) least important unblocked classes go, with
    n - removed rounded up to a multiple of `round`; a class is blocked when it reaches the model
    output, a protected layer creates it (`protect=[...]`, default: the first layer that reads a
@@ -30,8 +30,8 @@ from slimgraph.ir.graph import provenance_of
 from .base import Pass, PassError, PassResult, register_pass
 from .prune_groups import ChannelAnalysis, ChannelGroup, analyze
 from .prune_handlers import CHANNEL_HANDLERS
+from .prune_importance import IMPORTANCE, importance_of
 
-IMPORTANCE = ("l1", "l2", "bn-scale")
 aten = torch.ops.aten
 
 
@@ -79,30 +79,6 @@ class PruneEdit:
         self.changed_args.append(node)
 
 
-def _layer_importance(graph, space, how: str) -> torch.Tensor:
-    node = space.node
-    weight = node.args[0] if node.target is aten.embedding.default else node.args[1]
-    tensor = graph.params[weight.target].detach().double()
-    dim = 1 if node.target in (aten.conv_transpose2d.input, aten.embedding.default) else 0
-    per_channel = tensor.movedim(dim, 0).reshape(tensor.shape[dim], -1)
-    if how == "l1":
-        return per_channel.abs().sum(1)
-    return per_channel.pow(2).sum(1).sqrt()
-
-
-def _bn_scales(graph, analysis) -> dict[int, float]:
-    """|gamma| per element of every batch norm's input channel."""
-    scales: dict[int, float] = {}
-    for node in graph.fx_graph.nodes:
-        if node.op == "call_function" and node.target is aten.batch_norm.default and node.args[1] is not None:
-            mapped = analysis.map_of(node.args[0])
-            if mapped is not None:
-                gamma = graph.params[node.args[1].target].detach().double().abs()
-                for element, value in zip(mapped.elements, gamma.tolist()):
-                    scales[element] = scales.get(element, 0.0) + value
-    return scales
-
-
 @register_pass
 @dataclass
 class Prune(Pass):
@@ -140,14 +116,8 @@ class Prune(Pass):
         """The analysis, the classes (union-find roots) to remove, and the notes describing it."""
         protected = self._check(graph)
         analysis = analyze(graph, protected)
-        scales = _bn_scales(graph, analysis) if self.importance == "bn-scale" else {}
-        element_importance: dict[int, float] = {}
-        for space in analysis.spaces:  # bn-scale: a layer without a batch norm after it uses l2
-            values = _layer_importance(graph, space, "l1" if self.importance == "l1" else "l2")
-            for offset in range(space.size):
-                element = space.first + offset
-                element_importance[element] = scales.get(element, float(values[offset]))
-        removed, notes = set(), list(dict.fromkeys(analysis.stops))
+        element_importance, note = importance_of(graph, analysis, self.importance)
+        removed, notes = set(), list(dict.fromkeys(analysis.stops)) + ([note] if note else [])
         for group in analysis.groups():
             chosen = self._allocate(group, element_importance)
             removed.update(analysis.find(group.classes[i][0]) for i in chosen)

@@ -197,7 +197,7 @@ def test_round_keeps_a_multiple_and_protect_keeps_a_layer():
 @pytest.mark.parametrize("options, message", [
     ({"ratio": 1.0}, "prune: ratio must be in (0, 1), got 1.0"),
     ({"ratio": 0}, "prune: ratio must be in (0, 1), got 0"),
-    ({"importance": "taylorr"}, "prune: unknown importance 'taylorr' (known: l1, l2, bn-scale)"),
+    ({"importance": "taylorr"}, "prune: unknown importance 'taylorr' (known: l1, l2, bn-scale, taylor)"),
     ({"protect": ["layer9"]}, "prune: protect 'layer9' matches no conv, linear or embedding node or module"),
     ({"round": 0}, "prune: round must be a positive channel multiple, got 0"),
 ])
@@ -261,3 +261,26 @@ def test_encoder_loses_whole_attention_heads():
     assert all(list(n.args[1]) == [1, 128, 2, 64] for n in views)
     assert result.graph.params["layers.0.attn_output.weight"].shape == (256, 128)
     assert result.graph.params["layers.0.query.weight"].shape == (128, 256)
+
+
+def test_taylor_importance_removes_a_channel_the_output_ignores_whatever_its_norm():
+    module, inputs = slimgraph.models.make_digit_cnn()
+    with torch.no_grad():
+        module.fc2.weight[:, 5] = 0.0   # fc1's channel 5 reaches nothing
+        module.fc1.weight[5] *= 10.0    # and has the largest norm
+    graph = graph_of(module, *inputs)
+    ratio = 1.5 / 64  # one fc1 channel (and none of conv2's 32)
+    taylor = Prune(ratio=ratio, importance="taylor").run(graph.copy()).notes
+    l2 = Prune(ratio=ratio, importance="l2").run(graph.copy()).notes
+    assert any(n.startswith("group [fc1]: 64 -> 63 channels, removed [5] (importance 0..0") for n in taylor)
+    assert any(n.startswith("group [fc1]: 64 -> 63 channels") and "removed [5]" not in n for n in l2)
+    assert any("taylor importance on 8 batches of seeded random inputs" in n for n in taylor)
+
+
+def test_taylor_importance_uses_the_calibration_data_compile_is_given():
+    module, inputs = slimgraph.models.make_digit_cnn()
+    batches = [(torch.rand(4, 1, 8, 8) * 16,) for _ in range(3)]
+    compiled = slimgraph.compile(module, inputs, pipeline="prune{importance=taylor},fold-bn", calibration_data=batches)
+    notes = compiled.report.passes[0].notes
+    assert not any("taylor importance on" in n for n in notes) and any("32 -> 16 channels" in n for n in notes)
+    assert compiled.report.max_abs_diff is not None

@@ -122,7 +122,7 @@ def test_cli_calibration_file(tmp_path, capsys):
     assert_one_line_error(code, err, "input 'x': expected [1, 1, 8, 8] or [N, 1, 1, 8, 8], got [6, 1, 4, 8]")
     code, _, err = run_cli(capsys, "compile", "digit_cnn", "--calib", str(tmp_path / "calib.npz"),
                            "-o", str(tmp_path / "c.so"))
-    assert_one_line_error(code, err, "calibration data given, but pipeline", "has no quantize pass")
+    assert_one_line_error(code, err, "calibration data given, but pipeline", "has no quantize or prune pass")
     assert not (tmp_path / "b.so").exists() and not (tmp_path / "c.so").exists()
 
 
