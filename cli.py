@@ -103,9 +103,13 @@ def _dump(args) -> int:
     graph, records = loaded.graph, []
     if len(pipeline) or options.dump_dir:
         from slimgraph.calibration_io import calibration_scope
+        from slimgraph.codegen.channel_widths import measured_multiple
+        from slimgraph.codegen.targets import resolve_target
+        from slimgraph.rewrites.prune import channel_multiple_from
 
         with trace_rules(set(options.trace_rule)), \
-                calibration_scope(args.calib, graph.input_specs(), loaded.example_inputs):
+                calibration_scope(args.calib, graph.input_specs(), loaded.example_inputs), \
+                channel_multiple_from(lambda: measured_multiple(resolve_target("x86"))):
             result = PassManager(pipeline, options.build(inputs=loaded.example_inputs),
                                  repro_dir=options.dump_dir).run(graph)
             graph, records = result.graph, result.records

@@ -26,12 +26,14 @@ from slimgraph.ir.errors import SlimgraphError
 from slimgraph.codegen.aarch64 import QEMU, can_run, cross_compiler
 from slimgraph.codegen.artifact import check_writable
 from slimgraph.codegen.build import build
+from slimgraph.codegen.channel_widths import measured_multiple
 from slimgraph.codegen.targets import TargetSpec, resolve_target
 from slimgraph.codegen.tuning import TuningOptions, TuningReport, tune_and_apply
 from slimgraph.lowering import kernel_launches, kernel_names, lower
 from slimgraph.model_source import LoadedModel, load_model
 from slimgraph.rewrites import InstrumentOptions, PassManager, load_plugin, parse_pipeline, trace_rules
 from slimgraph.rewrites.manager import PassRecord
+from slimgraph.rewrites.prune import channel_multiple_from
 from slimgraph.runtime import CompiledModel
 
 
@@ -128,7 +130,8 @@ def compile(model: Any, example_inputs: Sequence[torch.Tensor] | None = None, *,
     if len(passes) or options.dump_dir:
         with _stage(report, console, f"passes: {passes or 'none'}"), trace_rules(set(options.trace_rule)):
             manager = PassManager(passes, options.build(inputs=loaded.example_inputs), repro_dir=options.dump_dir)
-            with calibration_scope(calibration_data, graph.input_specs(), loaded.example_inputs):
+            with calibration_scope(calibration_data, graph.input_specs(), loaded.example_inputs), \
+                    channel_multiple_from(lambda: measured_multiple(spec)):
                 result = manager.run(graph)
             graph, report.passes = result.graph, result.records
     tuning = tuning or TuningOptions()

@@ -6,7 +6,8 @@
        l1:  sum |W[c, ...]|     l2:  sqrt(sum W[c, ...]^2)     bn-scale: |gamma[c]| of the norm after it
        taylor: sum over calibration batches of (sum_{i in W[c, ...]} w_i dL/dw_i)^2
 3. Allocation: in every group, the floor(ratio * n) least important unblocked classes go, with
-   n - removed rounded up to a multiple of `round`; a class is blocked when it reaches the model
+   n - removed rounded up to a multiple of `round` (`auto`: the multiple measured fastest on the
+   target, codegen/channel_widths.py); a class is blocked when it reaches the model
    output, a protected layer creates it (`protect=[...]`, default: the first layer that reads a
    model input, i.e. the first conv), or an op without a handler reads it.
 4. Shrinking: each op's handler slices its parameters (rewrites/prune_handlers.py) and fixes
@@ -19,8 +20,10 @@ pass); a model whose removed channels were zero gives the same outputs pruned.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 import torch.fx as fx
@@ -33,6 +36,18 @@ from .prune_handlers import CHANNEL_HANDLERS
 from .prune_importance import IMPORTANCE, importance_of
 
 aten = torch.ops.aten
+_MULTIPLE: ContextVar[Callable[[], tuple[int, str]] | None] = ContextVar("slimgraph_channel_multiple", default=None)
+
+
+@contextmanager
+def channel_multiple_from(provider: Callable[[], tuple[int, str]]):
+    """Inside: `round=auto` asks `provider()` for (multiple, note); compile and dump measure the
+    target there (codegen/channel_widths.py), since rewrites do not reach the kernels."""
+    token = _MULTIPLE.set(provider)
+    try:
+        yield
+    finally:
+        _MULTIPLE.reset(token)
 
 
 class PruneEdit:
@@ -88,7 +103,7 @@ class Prune(Pass):
     idempotent: ClassVar[bool] = False  # each run removes `ratio` of what is left
     ratio: float = 0.5
     importance: str = "l2"
-    round: int = 1
+    round: str = "auto"  # or a channel multiple: 1, 8, 16, ...
     protect: list[str] = field(default_factory=list)  # node or module names; the first layer is always kept
 
     def _check(self, graph) -> set[str]:
@@ -96,8 +111,8 @@ class Prune(Pass):
             raise PassError(f"prune: ratio must be in (0, 1), got {self.ratio}")
         if self.importance not in IMPORTANCE:
             raise PassError(f"prune: unknown importance '{self.importance}' (known: {', '.join(IMPORTANCE)})")
-        if self.round < 1:
-            raise PassError(f"prune: round must be a positive channel multiple, got {self.round}")
+        if self.round != "auto" and not (str(self.round).isdigit() and int(self.round) >= 1):
+            raise PassError(f"prune: round must be 'auto' or a positive channel multiple, got '{self.round}'")
         layers = [n for n in graph.fx_graph.nodes if n.op == "call_function" and n.target in CHANNEL_HANDLERS
                   and getattr(CHANNEL_HANDLERS[n.target], "out_dim", None) is not None]
         protected = set()
@@ -117,9 +132,10 @@ class Prune(Pass):
         protected = self._check(graph)
         analysis = analyze(graph, protected)
         element_importance, note = importance_of(graph, analysis, self.importance)
-        removed, notes = set(), list(dict.fromkeys(analysis.stops)) + ([note] if note else [])
+        multiple, round_note = self._multiple()
+        removed, notes = set(), list(dict.fromkeys(analysis.stops)) + [n for n in (note, round_note) if n]
         for group in analysis.groups():
-            chosen = self._allocate(group, element_importance)
+            chosen = self._allocate(group, element_importance, multiple)
             removed.update(analysis.find(group.classes[i][0]) for i in chosen)
             notes.append(self._describe(group, chosen, element_importance))
         return analysis, removed, notes
@@ -133,13 +149,21 @@ class Prune(Pass):
         return PassResult(graph, True, {"channel_classes_removed": len(removed), "channels_removed": removed_elements},
                           notes)
 
-    def _allocate(self, group: ChannelGroup, importance: dict[int, float]) -> list[int]:
+    def _multiple(self) -> tuple[int, str]:
+        if self.round != "auto":
+            return int(self.round), ""
+        provider = _MULTIPLE.get()
+        if provider is None:
+            return 1, "round=auto: no target measured in this run (compile and dump measure one); channels not rounded"
+        return provider()
+
+    def _allocate(self, group: ChannelGroup, importance: dict[int, float], multiple: int) -> list[int]:
         free = [i for i in range(len(group.classes)) if i not in group.blocked]
         if not free or group.blocked:
             return []  # a group is pruned whole or not at all: its blocked classes say why
         total = len(group.classes)
         keep = max(1, total - math.floor(self.ratio * total))
-        keep = min(total, math.ceil(keep / self.round) * self.round)
+        keep = min(total, math.ceil(keep / multiple) * multiple)
         ranked = sorted(free, key=lambda i: sum(importance[e] for e in group.classes[i]))
         return sorted(ranked[:total - keep])
 

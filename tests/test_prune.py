@@ -199,7 +199,8 @@ def test_round_keeps_a_multiple_and_protect_keeps_a_layer():
     ({"ratio": 0}, "prune: ratio must be in (0, 1), got 0"),
     ({"importance": "taylorr"}, "prune: unknown importance 'taylorr' (known: l1, l2, bn-scale, taylor)"),
     ({"protect": ["layer9"]}, "prune: protect 'layer9' matches no conv, linear or embedding node or module"),
-    ({"round": 0}, "prune: round must be a positive channel multiple, got 0"),
+    ({"round": "0"}, "prune: round must be 'auto' or a positive channel multiple, got '0'"),
+    ({"round": "fast"}, "prune: round must be 'auto' or a positive channel multiple, got 'fast'"),
 ])
 def test_bad_options_name_the_option(options, message):
     graph = load_model("resnet18", None, None).graph
@@ -280,7 +281,29 @@ def test_taylor_importance_removes_a_channel_the_output_ignores_whatever_its_nor
 def test_taylor_importance_uses_the_calibration_data_compile_is_given():
     module, inputs = slimgraph.models.make_digit_cnn()
     batches = [(torch.rand(4, 1, 8, 8) * 16,) for _ in range(3)]
-    compiled = slimgraph.compile(module, inputs, pipeline="prune{importance=taylor},fold-bn", calibration_data=batches)
+    compiled = slimgraph.compile(module, inputs, pipeline="prune{importance=taylor,round=1},fold-bn",
+                                calibration_data=batches)
     notes = compiled.report.passes[0].notes
     assert not any("taylor importance on" in n for n in notes) and any("32 -> 16 channels" in n for n in notes)
     assert compiled.report.max_abs_diff is not None
+
+
+def test_round_auto_comes_from_a_measured_table_and_compile_applies_it(tmp_path, monkeypatch):
+    from slimgraph.codegen import channel_widths
+
+    assert channel_widths.choose_multiple({w: (1.0 if w % 16 else 0.5) * 1e-4 for w in channel_widths.WIDTHS})[0] == 16
+    assert channel_widths.choose_multiple({w: w * 1e-6 for w in channel_widths.WIDTHS})[0] == 4
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    measured = []
+    monkeypatch.setattr(channel_widths, "_time_width", lambda width, target: measured.append(width) or
+                        (2e-4 if width % 8 else 1e-4))
+    module, inputs = slimgraph.models.make_digit_cnn()
+    compiled = slimgraph.compile(module, inputs, pipeline="prune{ratio=0.3}")
+    notes = compiled.report.passes[0].notes
+    assert any(n.startswith("round=auto: 8 from measured conv latency on x86") for n in notes)
+    assert any(n.startswith("group [conv2]: 32 -> 24 channels") for n in notes)  # 22.4 -> 24
+    assert measured == list(channel_widths.WIDTHS)
+    slimgraph.compile(module, inputs, pipeline="prune{ratio=0.3}")  # the table on disk is reused
+    assert measured == list(channel_widths.WIDTHS)
+    without = Prune(ratio=0.3).run(graph_of(module, *inputs)).notes  # a pass run alone: no target
+    assert "round=auto: no target measured in this run (compile and dump measure one); channels not rounded" in without
