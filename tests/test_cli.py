@@ -130,7 +130,7 @@ def test_dump_prints_ir_and_statistics(capsys, tmp_path):
 
 
 def test_dump_stats_prints_the_pruning_plan(capsys):
-    code, stdout, _ = run_cli(capsys, "dump", "digit_cnn", "--pipeline", "prune{ratio=0.5}", "--stats")
+    code, stdout, _ = run_cli(capsys, "dump", "digit_cnn", "--pipeline", "prune{ratio=0.5,round=1}", "--stats")
     assert code == 0
     stdout = " ".join(stdout.split())  # rich wraps long notes to the terminal
     assert "prune: group [conv2]: 32 -> 16 channels, removed [" in stdout  # brackets printed, not markup
