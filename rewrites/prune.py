@@ -7,7 +7,8 @@
        taylor: sum over calibration batches of (sum_{i in W[c, ...]} w_i dL/dw_i)^2
 3. Allocation: in every group, the floor(ratio * n) least important unblocked classes go, with
    n - removed rounded up to a multiple of `round` (`auto`: the multiple measured fastest on the
-   target, codegen/channel_widths.py); a class is blocked when it reaches the model
+   target, codegen/channel_widths.py); `ratios=[name:r,...]` sets r for the groups of the named
+   layers (0 keeps them whole); a class is blocked when it reaches the model
    output, a protected layer creates it (`protect=[...]`, default: the first layer that reads a
    model input, i.e. the first conv), or an op without a handler reads it.
 4. Shrinking: each op's handler slices its parameters (rewrites/prune_handlers.py) and fixes
@@ -105,8 +106,9 @@ class Prune(Pass):
     importance: str = "l2"
     round: str = "auto"  # or a channel multiple: 1, 8, 16, ...
     protect: list[str] = field(default_factory=list)  # node or module names; the first layer is always kept
+    ratios: list[str] = field(default_factory=list)  # per layer: "module.name:0.3" (its group's ratio)
 
-    def _check(self, graph) -> set[str]:
+    def _check(self, graph) -> tuple[set[str], dict[str, float]]:
         if not 0 < self.ratio < 1:
             raise PassError(f"prune: ratio must be in (0, 1), got {self.ratio}")
         if self.importance not in IMPORTANCE:
@@ -117,25 +119,37 @@ class Prune(Pass):
                   and getattr(CHANNEL_HANDLERS[n.target], "out_dim", None) is not None]
         protected = set()
         for name in self.protect:
-            hits = [n.name for n in layers if n.name == name or provenance_of(n).source == name
-                    or provenance_of(n).source.startswith(name + ".")]
+            hits = _matching(layers, name)
             if not hits:
                 raise PassError(f"prune: protect '{name}' matches no conv, linear or embedding node or module")
             protected.update(hits)
+        layer_ratios: dict[str, float] = {}
+        for entry in self.ratios:
+            name, _, value = entry.rpartition(":")
+            try:
+                ratio = float(value)
+            except ValueError:
+                ratio = -1.0
+            if not name or not 0 <= ratio < 1:
+                raise PassError(f"prune: ratios entry '{entry}' must be name:ratio with a ratio in [0, 1)")
+            hits = _matching(layers, name)
+            if not hits:
+                raise PassError(f"prune: ratios entry '{entry}' matches no conv, linear or embedding node or module")
+            layer_ratios.update(dict.fromkeys(hits, ratio))
         first = next((n for n in layers if any(a.op == "placeholder" for a in n.args if isinstance(a, fx.Node))), None)
         if first is not None:
             protected.add(first.name)
-        return protected
+        return protected, layer_ratios
 
     def plan(self, graph) -> tuple[ChannelAnalysis, set[int], list[str]]:
         """The analysis, the classes (union-find roots) to remove, and the notes describing it."""
-        protected = self._check(graph)
+        protected, layer_ratios = self._check(graph)
         analysis = analyze(graph, protected)
         element_importance, note = importance_of(graph, analysis, self.importance)
         multiple, round_note = self._multiple()
         removed, notes = set(), list(dict.fromkeys(analysis.stops)) + [n for n in (note, round_note) if n]
         for group in analysis.groups():
-            chosen = self._allocate(group, element_importance, multiple)
+            chosen = self._allocate(group, element_importance, multiple, layer_ratios)
             removed.update(analysis.find(group.classes[i][0]) for i in chosen)
             notes.append(self._describe(group, chosen, element_importance))
         return analysis, removed, notes
@@ -157,12 +171,15 @@ class Prune(Pass):
             return 1, "round=auto: no target measured in this run (compile and dump measure one); channels not rounded"
         return provider()
 
-    def _allocate(self, group: ChannelGroup, importance: dict[int, float], multiple: int) -> list[int]:
+    def _allocate(self, group: ChannelGroup, importance: dict[int, float], multiple: int,
+                  layer_ratios: dict[str, float]) -> list[int]:
         free = [i for i in range(len(group.classes)) if i not in group.blocked]
         if not free or group.blocked:
             return []  # a group is pruned whole or not at all: its blocked classes say why
         total = len(group.classes)
-        keep = max(1, total - math.floor(self.ratio * total))
+        named = [layer_ratios[s.node.name] for s in group.spaces if s.node.name in layer_ratios]
+        ratio = max(named) if named else self.ratio  # a group with several named layers: the largest
+        keep = max(1, total - math.floor(ratio * total))
         keep = min(total, math.ceil(keep / multiple) * multiple)
         ranked = sorted(free, key=lambda i: sum(importance[e] for e in group.classes[i]))
         return sorted(ranked[:total - keep])
@@ -179,6 +196,11 @@ class Prune(Pass):
         removed = [scores[i] for i in chosen]
         return (f"group [{layers}]: {len(group.classes)} -> {len(group.classes) - len(chosen)} {unit}, removed "
                 f"{_short(chosen)} (importance {min(removed):.3g}..{max(removed):.3g}, kept {min(kept):.3g}..{max(kept):.3g})")
+
+
+def _matching(layers, name: str) -> list[str]:
+    return [n.name for n in layers if n.name == name or provenance_of(n).source == name
+            or provenance_of(n).source.startswith(name + ".")]
 
 
 def shrink(graph, analysis: ChannelAnalysis, removed: set[int]) -> PruneEdit:

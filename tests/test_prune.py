@@ -195,6 +195,14 @@ def test_a_user_registered_handler_lets_the_group_through():
     assert any(note.startswith("group [b]: 8 -> 4 channels") for note in result.notes)
 
 
+def test_per_layer_ratios_override_the_global_one():
+    graph = load_model("resnet18", None, None).graph
+    notes = Prune(ratio=0.5, round="1", ratios=["layer1.0.conv1:0.25", "layer4:0"]).run(graph.copy()).notes
+    assert any(n.startswith("group [layer1.0.conv1]: 64 -> 48 channels") for n in notes)
+    assert any(n.startswith("group [layer1.1.conv1]: 64 -> 32 channels") for n in notes)
+    assert any(n.startswith("group [layer4.0.conv1]: 512 channels kept: nothing to remove") for n in notes)
+
+
 def test_round_keeps_a_multiple_and_protect_keeps_a_layer():
     graph = load_model("resnet18", None, None).graph
     notes = Prune(ratio=0.3, round=16, protect=["layer2.0.conv1"]).run(graph.copy()).notes
@@ -207,6 +215,8 @@ def test_round_keeps_a_multiple_and_protect_keeps_a_layer():
     ({"ratio": 0}, "prune: ratio must be in (0, 1), got 0"),
     ({"importance": "taylorr"}, "prune: unknown importance 'taylorr' (known: l1, l2, bn-scale, taylor)"),
     ({"protect": ["layer9"]}, "prune: protect 'layer9' matches no conv, linear or embedding node or module"),
+    ({"ratios": ["layer1.0.conv1:1.5"]}, "prune: ratios entry 'layer1.0.conv1:1.5' must be name:ratio with a ratio in [0, 1)"),
+    ({"ratios": ["layer9:0.2"]}, "prune: ratios entry 'layer9:0.2' matches no conv, linear or embedding node or module"),
     ({"round": "0"}, "prune: round must be 'auto' or a positive channel multiple, got '0'"),
     ({"round": "fast"}, "prune: round must be 'auto' or a positive channel multiple, got 'fast'"),
 ])
@@ -315,3 +325,38 @@ def test_round_auto_comes_from_a_measured_table_and_compile_applies_it(tmp_path,
     assert measured == list(channel_widths.WIDTHS)
     without = Prune(ratio=0.3).run(graph_of(module, *inputs)).notes  # a pass run alone: no target
     assert "round=auto: no target measured in this run (compile and dump measure one); channels not rounded" in without
+
+
+class Decoder(nn.Module):
+    """conv -> conv-transpose (upsampling) -> conv, and a group norm branch."""
+
+    def __init__(self, group_norm: bool):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 3, 1)  # the first layer is protected: the one after it is pruned
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = nn.GroupNorm(2, 8) if group_norm else nn.Identity()
+        self.up = nn.ConvTranspose2d(8, 6, 2, stride=2)
+        self.b = nn.Conv2d(6, 4, 3, padding=1)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn_like(p))
+
+    def forward(self, x):
+        return self.b(torch.relu(self.up(torch.relu(self.norm(self.a(self.stem(x)))))))
+
+
+def test_conv_transpose_shrinks_both_sides_exactly():
+    graph = graph_of(Decoder(group_norm=False), torch.randn(1, 3, 6, 6))
+    result = assert_pruned_equals_zeroed(graph, Prune(ratio=0.5, protect=["b"]))
+    assert result.graph.params["up.weight"].shape == (4, 3, 2, 2)  # [in, out, k, k]: both sides shrink
+    assert any(note.startswith("group [up]: 6 -> 3 channels") for note in result.notes)
+
+
+def test_group_norm_loses_the_same_channels_in_every_group():
+    module = Decoder(group_norm=True)
+    graph = graph_of(module, torch.randn(1, 3, 6, 6))
+    result = Prune(ratio=0.5).run(graph.copy())
+    norm = next(n for n in result.graph.fx_graph.nodes if n.op == "call_function" and n.target is aten.group_norm.default)
+    assert tuple(norm.args[0].meta["val"].shape)[1] == 4 and norm.args[1] == 2  # 2 groups of 2 channels
+    assert result.graph.params["norm.weight"].shape == (4,)
+    assert result.graph.run(torch.randn(1, 3, 6, 6))[0].shape == (1, 4, 12, 12)
