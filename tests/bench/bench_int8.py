@@ -28,7 +28,7 @@ import slimgraph  # noqa: E402
 from slimgraph import ir  # noqa: E402
 from slimgraph.codegen.tuning import TuningOptions  # noqa: E402
 from slimgraph.models import reference_model  # noqa: E402
-from slimgraph.tests.bench.bench_models import machine_description, median_ms  # noqa: E402
+from slimgraph.tests.bench.bench_models import machine_description, median_ms, write_markdown  # noqa: E402
 
 CALIBRATION_BATCHES = 8
 COLUMNS = ["ORT fp32", "ORT int8", "slimgraph fp32", "slimgraph int8"]
@@ -112,10 +112,7 @@ def main() -> None:
             table.add_row(*row)
     Console().print(table)
     if args.markdown:
-        lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-        with open(args.markdown, "w") as handle:
-            handle.write("\n".join(lines) + "\n")
+        write_markdown(args.markdown, headers, rows)
 
 
 if __name__ == "__main__":

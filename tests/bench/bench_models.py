@@ -97,6 +97,14 @@ def plain_tvm_latency(module, inputs, runs: int) -> float:
     return median_ms(lambda: vm["main"](*args), runs, warmup=1)
 
 
+def write_markdown(path: str, headers: list[str], rows: list[list[str]]) -> None:
+    """The table as a markdown table in `path` (docs/benchmarks.md takes it as is)."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    with open(path, "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
 def machine_description() -> str:
     cpu = platform.processor() or platform.machine()
     try:

@@ -24,7 +24,7 @@ from rich.table import Table  # noqa: E402
 import slimgraph  # noqa: E402
 from slimgraph.codegen.tuning import TuningOptions  # noqa: E402
 from slimgraph.ir.stats import graph_stats  # noqa: E402
-from slimgraph.tests.bench.bench_models import machine_description  # noqa: E402
+from slimgraph.tests.bench.bench_models import machine_description, write_markdown  # noqa: E402
 
 DEFAULT = "fold-bn,fold-constants,fuse"
 
@@ -70,10 +70,7 @@ def main() -> None:
         Console().print(f"{name}: {round_note}")
     Console().print(table)
     if args.markdown:
-        lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-        with open(args.markdown, "w") as handle:
-            handle.write("\n".join(lines) + "\n")
+        write_markdown(args.markdown, headers, rows)
 
 
 if __name__ == "__main__":
