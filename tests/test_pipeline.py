@@ -23,7 +23,8 @@ def test_named_pipeline_expands_and_defaults_are_not_printed():
 
 @pytest.mark.parametrize("text, message", [
     ("fold-bnn", "pipeline 'fold-bnn': unknown pass 'fold-bnn'; did you mean 'fold-bn'? (passes: fold-bn, fold-constants, fuse"),
-    ("prune{ratio=two}", "unknown pass 'prune'"),
+    ("prune{ratio=two}", "option 'ratio' of pass 'prune' expects float, got 'two'"),
+    ("prunee", "unknown pass 'prunee'; did you mean 'prune'?"),
     ("fuse{parallel=maybe}", "option 'parallel' of pass 'fuse' expects bool, got 'maybe'"),
     ("fold-constants{max_bytes=lots}", "option 'max_bytes' of pass 'fold-constants' expects int, got 'lots'"),
     ("fuse{paralel=true}", "pass 'fuse' has no option 'paralel'; did you mean 'parallel'? (options: algebra, parallel, regions)"),
