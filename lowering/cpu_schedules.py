@@ -27,7 +27,7 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import try_inline_contiguous_spatial
 
 from .conv_packed import PackedConv2dRule
-from .grouped_conv import INTERIOR_ATTR, schedule_padding
+from .grouped_conv import INTERIOR_ATTR, plane_depth, schedule_padding
 from .int8_schedules import Int8Conv2dRule, Int8DenseRule
 from .schedule_common import epilogue_at, largest_divisor, register_budget, vector_lanes
 
@@ -162,8 +162,9 @@ class Conv2dRule(dl.ScheduleRule):
                 loops = sch.get_loops(info.block_rv)
                 if sch.get(info.block_rv).annotations.get(INTERIOR_ATTR) is None:
                     sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
-                else:  # keep the rows apart from the channels: the padding splits them
-                    sch.parallel(sch.fuse(*loops[:2]))
+                else:  # in parallel over the planes; their rows stay apart: the padding splits them
+                    planes = loops[:-plane_depth(sch, info.block_rv)]
+                    sch.parallel(sch.fuse(*planes) if len(planes) > 1 else planes[0])
         for info in before:
             schedule_padding(sch, info.block_rv, lanes)
         sch.unroll(coi)

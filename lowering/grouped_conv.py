@@ -92,8 +92,7 @@ def schedule_padding(sch, block, vector_width: int) -> bool:
     if interior is None:
         return False
     row_first, row_end, column_first, column_end = (int(v) for v in interior)
-    depth = len(sch.get(block).writes[0].source.shape) - 2  # rows, [parity,] columns
-    rows = sch.get_loops(block)[-depth]
+    rows = sch.get_loops(block)[-plane_depth(sch, block)]
     row_parts = _partition(sch, rows, row_first, row_end)
     for interior_block in sch.get_child_blocks(row_parts[1 if row_first else 0]):
         columns = sch.get_loops(interior_block)[-1]
@@ -102,6 +101,11 @@ def schedule_padding(sch, block, vector_width: int) -> bool:
         if vector_width >= 4 and int(sch.get(interior_columns).extent) >= 4:
             sch.vectorize(interior_columns)  # a partitioned loop cannot be split; LLVM splits the vector
     return True
+
+
+def plane_depth(sch, block) -> int:
+    """Loops of the padding stage inside one channel's plane: rows, [parity,] columns."""
+    return len(sch.get(block).writes[0].source.shape) - 2
 
 
 def _partition(sch, loop, first: int, end: int) -> list:
