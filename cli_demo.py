@@ -86,8 +86,6 @@ def _print(console, result: dict, ratio: float) -> None:
 def demo(args) -> int:
     from rich.console import Console
 
-    if args.demo != "prune":
-        raise SystemExit(f"unknown demo '{args.demo}'")
     run_demo(args.ratio, args.epochs, args.finetune_epochs, args.seed, Console())
     return 0
 

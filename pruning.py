@@ -20,7 +20,7 @@ from torch import nn
 from slimgraph.ir.errors import SlimgraphError
 from slimgraph.ir.stats import graph_stats
 from slimgraph.model_source import load_model
-from slimgraph.rewrites.prune import Prune, shrink
+from slimgraph.rewrites.prune import Prune, count_removed, shrink
 
 aten = torch.ops.aten
 SHAPES_IN_CODE = (aten.view.default, aten.reshape.default, aten.split_with_sizes.default, aten.split.Tensor,
@@ -46,8 +46,7 @@ def prune(module: nn.Module, example_inputs: Sequence[torch.Tensor], *, ratio: f
     planner = Prune(ratio=ratio, importance=importance, round=round, protect=list(protect))
     analysis, removed, notes = planner.plan(graph)
     before = graph_stats(graph)
-    pruned = graph
-    edit = shrink(pruned, analysis, removed) if removed else None
+    edit = shrink(graph, analysis, removed) if removed else None
     report = PruneReport(notes, (before.parameters, before.parameters), (before.macs, before.macs))
     if edit is None:
         return report
@@ -57,15 +56,15 @@ def prune(module: nn.Module, example_inputs: Sequence[torch.Tensor], *, ratio: f
         raise SlimgraphError(f"prune: the plan changes the shape argument of %{node.name} ({node.target}), which "
                              f"{type(module).__name__}.forward fixes in code; protect the layers feeding it, or "
                              f"prune the graph with the `prune` pass instead")
-    depthwise = {name: m.groups for name, m in module.named_modules()
+    depthwise = {name for name, m in module.named_modules()
                  if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels}
-    for key, (dim, keep) in edit.slices.items():
-        _slice_tensor(module, key.rpartition("@")[0], dim, keep)
+    for (name, dim), keep in edit.slices.items():
+        _slice_tensor(module, name, dim, keep)
     for name, child in module.named_modules():
         _update_attributes(child, depthwise_conv=name in depthwise)
-    after = graph_stats(pruned)
+    after = graph_stats(graph)
     report.parameters, report.macs = (before.parameters, after.parameters), (before.macs, after.macs)
-    report.channels_removed = sum(1 for e in range(len(analysis.parent)) if analysis.find(e) in removed)
+    report.channels_removed = count_removed(analysis, removed)
     return report
 
 

@@ -33,7 +33,7 @@ from slimgraph.ir.graph import provenance_of
 
 from .base import Pass, PassError, PassResult, register_pass
 from .prune_groups import ChannelAnalysis, ChannelGroup, analyze
-from .prune_handlers import CHANNEL_HANDLERS
+from .prune_handlers import CHANNEL_HANDLERS, LayerHandler
 from .prune_importance import IMPORTANCE, importance_of
 
 aten = torch.ops.aten
@@ -56,7 +56,7 @@ class PruneEdit:
 
     def __init__(self, graph, analysis: ChannelAnalysis, removed: set[int]):
         self.graph, self.analysis, self.removed = graph, analysis, removed
-        self.slices: dict[str, tuple[int, list[int]]] = {}
+        self.slices: dict[tuple[str, int], list[int]] = {}  # (parameter, dim) -> kept indices
         self.changed_args: list[fx.Node] = []  # nodes whose non-parameter arguments changed
 
     def kept(self, element: int) -> bool:
@@ -78,10 +78,9 @@ class PruneEdit:
         if value.op != "get_attr":
             raise PassError(f"prune: %{value.name} feeds a pruned layer but is computed, not a parameter")
         tensor = self.graph.params[value.target]
-        key = f"{value.target}@{dim}"
-        if key in self.slices:
+        if (value.target, dim) in self.slices:  # a parameter two nodes read is sliced once
             return
-        self.slices[key] = (dim, keep)
+        self.slices[value.target, dim] = keep
         self.graph.params[value.target] = tensor.index_select(dim, torch.tensor(keep, dtype=torch.long)).contiguous()
 
     def set_arg(self, node: fx.Node, index: int, value) -> None:
@@ -115,8 +114,8 @@ class Prune(Pass):
             raise PassError(f"prune: unknown importance '{self.importance}' (known: {', '.join(IMPORTANCE)})")
         if self.round != "auto" and not (str(self.round).isdigit() and int(self.round) >= 1):
             raise PassError(f"prune: round must be 'auto' or a positive channel multiple, got '{self.round}'")
-        layers = [n for n in graph.fx_graph.nodes if n.op == "call_function" and n.target in CHANNEL_HANDLERS
-                  and getattr(CHANNEL_HANDLERS[n.target], "out_dim", None) is not None]
+        layers = [n for n in graph.fx_graph.nodes if n.op == "call_function"
+                  and isinstance(CHANNEL_HANDLERS.get(n.target), LayerHandler)]
         protected = set()
         for name in self.protect:
             hits = _matching(layers, name)
@@ -159,8 +158,8 @@ class Prune(Pass):
         if not removed:
             return PassResult(graph, False, {"channels_removed": 0}, notes)
         shrink(graph, analysis, removed)
-        removed_elements = sum(1 for e in range(len(analysis.parent)) if analysis.find(e) in removed)
-        return PassResult(graph, True, {"channel_classes_removed": len(removed), "channels_removed": removed_elements},
+        return PassResult(graph, True, {"channel_classes_removed": len(removed),
+                                        "channels_removed": count_removed(analysis, removed)},
                           notes)
 
     def _multiple(self) -> tuple[int, str]:
@@ -222,6 +221,11 @@ def removed_channels(analysis: ChannelAnalysis, removed: set[int]) -> dict[str, 
         if indices:
             result[space.node.name] = indices
     return result
+
+
+def count_removed(analysis: ChannelAnalysis, removed: set[int]) -> int:
+    """Channel elements (over all layers) in the removed classes."""
+    return sum(1 for element in range(len(analysis.parent)) if analysis.find(element) in removed)
 
 
 def _short(indices: list[int]) -> str:

@@ -58,22 +58,19 @@ class LayerHandler(ChannelHandler):
         return self.channel_axis % _rank(node)
 
     def propagate(self, node, analysis):
-        groups = node.args[6] if node.target is aten.conv2d.default and len(node.args) > 6 else 1
-        if node.target is aten.conv_transpose2d.input and len(node.args) > 6 and node.args[6] != 1:
-            groups = node.args[6]
-            for value in (node.args[0],):
-                if analysis.map_of(value) is not None:
-                    analysis.block(analysis.map_of(value).elements, f"grouped conv-transpose %{node.name}")
-            return ChannelMap(1, analysis.new_space(node, node.meta["val"].shape[1]))
+        groups = _groups(node)
         data = analysis.map_of(node.args[self.data_arg])
+        if node.target is aten.conv_transpose2d.input and groups != 1:
+            if data is not None:
+                analysis.block(data.elements, f"grouped conv-transpose %{node.name}")
+            return ChannelMap(1, analysis.new_space(node, node.meta["val"].shape[1]))
         if data is not None and self.in_dim is not None and data.axis != self._axis(node.args[0]):
             analysis.block(data.elements, f"%{node.name} reads the channels on another axis than its input features")
             data = None
         out_channels = node.meta["val"].shape[self._axis(node)]
         if groups == 1:
             return ChannelMap(self._axis(node), analysis.new_space(node, out_channels))
-        in_channels = node.args[0].meta["val"].shape[1]
-        if groups == in_channels == out_channels:  # depthwise
+        if _depthwise(node):
             return ChannelMap(1, list(data.elements)) if data is not None else \
                 ChannelMap(1, analysis.new_space(node, out_channels))
         if data is not None:
@@ -85,21 +82,28 @@ class LayerHandler(ChannelHandler):
         return ChannelMap(1, elements)
 
     def shrink(self, node, plan):
-        weight = node.args[1 - self.data_arg] if self.data_arg else node.args[1]
+        weight = node.args[1 - self.data_arg]
         keep_out = plan.keep(node)
         keep_in = plan.keep(node.args[self.data_arg]) if self.in_dim is not None else None
-        groups = node.args[6] if node.target is aten.conv2d.default and len(node.args) > 6 else 1
-        if node.target is aten.conv2d.default and groups != 1:
-            in_channels = node.args[0].meta["val"].shape[1]
-            if groups == in_channels == node.meta["val"].shape[1]:
-                plan.set_arg(node, 6, len(keep_out) if keep_out is not None else groups)
-            elif keep_out is not None:
-                plan.set_arg(node, 6, groups)  # equal groups: the per-group weight slices stay
+        if _groups(node) != 1:  # grouped: the input channels stay; depthwise: they follow the output
             keep_in = None
+            if _depthwise(node) and keep_out is not None:
+                plan.set_arg(node, 6, len(keep_out))
         plan.slice_param(weight, self.out_dim, keep_out)
         plan.slice_param(weight, self.in_dim, keep_in)
         bias = node.args[2] if self.data_arg == 0 and len(node.args) > 2 else None
         plan.slice_param(bias, 0, keep_out)
+
+
+def _groups(node) -> int:
+    grouped = node.target in (aten.conv2d.default, aten.conv1d.default, aten.conv_transpose2d.input)
+    return node.args[6] if grouped and len(node.args) > 6 else 1
+
+
+def _depthwise(node) -> bool:
+    """A conv with groups = C_in = C_out (channel c reads only input channel c)."""
+    return node.target is not aten.conv_transpose2d.input and \
+        _groups(node) == node.args[0].meta["val"].shape[1] == node.meta["val"].shape[1] != 1
 
 
 class PassThrough(ChannelHandler):
