@@ -86,6 +86,10 @@ def _print(console, result: dict, ratio: float) -> None:
 def demo(args) -> int:
     from rich.console import Console
 
+    from slimgraph.ir.errors import SlimgraphError
+
+    if not 0 < args.ratio < 1:  # before the training, not after it
+        raise SlimgraphError(f"demo prune: --ratio must be in (0, 1), got {args.ratio}")
     run_demo(args.ratio, args.epochs, args.finetune_epochs, args.seed, Console())
     return 0
 

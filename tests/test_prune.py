@@ -257,6 +257,13 @@ def test_prune_module_refuses_a_plan_that_changes_a_shape_written_in_forward():
     assert {k: v.shape for k, v in module.state_dict().items()} == before  # nothing changed
 
 
+def test_demo_prune_rejects_a_bad_ratio_before_training(capsys):
+    from slimgraph import cli
+
+    assert cli.main(["demo", "prune", "--ratio", "1.5"]) == 1
+    assert capsys.readouterr().err.strip() == "slimgraph: error: demo prune: --ratio must be in (0, 1), got 1.5"
+
+
 def test_demo_prune_on_real_digits_recovers_the_accuracy_and_compiles(capsys):
     pytest.importorskip("sklearn")
     from slimgraph import cli
