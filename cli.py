@@ -6,6 +6,7 @@ Every failure is one line on stderr (`slimgraph: error: ...`) and a non-zero exi
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -34,7 +35,8 @@ def _compile(args) -> int:
     if output is None:
         stem = Path(str(model)).stem.split(":")[-1]
         Path("out").mkdir(exist_ok=True)
-        output = Path("out") / f"{stem}-{args.target if args.target.isidentifier() else 'custom'}.so"
+        slug = args.target.replace(":", "-") if re.fullmatch(r"[\w:-]+", args.target) else "custom"
+        output = Path("out") / f"{stem}-{slug}.so"
     with tuning_options(args, args.quiet) as tuning:
         compiled = slimgraph.compile(model, target=args.target, pipeline=args.pipeline, output=output,
                                      dump_dir=args.dump_dir, instruments=_instrument_options(args),
@@ -45,10 +47,17 @@ def _compile(args) -> int:
     table = Table(title=f"slimgraph compile: {compiled.metadata['model']}", show_header=False)
     target = compiled.metadata["target"]
     config = target["config"]
-    table.add_row("target", f"{target['name']}: {config.get('kind')}, mcpu={config.get('mcpu', '-')}, "
-                            f"{config.get('num-cores', '?')} cores, {len(config.get('mattr', []))} ISA features "
-                            f"(full target in {Path(str(output)).with_suffix('.json').name})")
+    if config.get("kind") == "cuda":
+        table.add_row("target", f"{target['name']}: cuda, arch={config.get('arch')}, host code for "
+                                f"{(config.get('host') or {}).get('mcpu', 'this CPU')} "
+                                f"(full target in {Path(str(output)).with_suffix('.json').name})")
+    else:
+        table.add_row("target", f"{target['name']}: {config.get('kind')}, mcpu={config.get('mcpu', '-')}, "
+                                f"{config.get('num-cores', '?')} cores, {len(config.get('mattr', []))} ISA features "
+                                f"(full target in {Path(str(output)).with_suffix('.json').name})")
     table.add_row("library", f"{library} ({library.stat().st_size / 1024:.0f} KiB), metadata {meta.name}")
+    if report.device_binary:
+        table.add_row("device binary", report.device_binary)
     table.add_row("pipeline", compiled.metadata["pipeline"] or "none")
     unscheduled = sum(1 for note in report.lowering_notes if "no schedule rule" in note)
     from_database = len(report.tuning.applied) if report.tuning else 0

@@ -49,6 +49,7 @@ class CompileReport:
     lowering_notes: list[str] = field(default_factory=list)  # e.g. regions left to separate kernels
     check_note: str = ""  # why the numerical check did not run, or how it ran (emulated)
     tuning: TuningReport | None = None  # kernels from the tuning database, tuned this time
+    device_binary: str = ""  # CUDA: what the library holds, e.g. "1 fatbin(s) for sm_90"
 
 
 @contextmanager
@@ -153,7 +154,15 @@ def compile(model: Any, example_inputs: Sequence[torch.Tensor] | None = None, *,
     if output is not None:
         with _stage(report, console, "export"):
             compiled.export(output)
-    runnable = spec.device == "cpu"
+    runnable = compiled.runnable
+    if spec.device == "cuda":
+        from slimgraph.codegen.cuda import check_device_binary
+
+        fatbins = check_device_binary(compiled.library_file())
+        report.device_binary = f"{fatbins} fatbin(s) for {spec.config['arch']}"
+        if not runnable:
+            report.check_note = "not run: no NVIDIA GPU with a driver on this machine (the library is built and " \
+                                "holds its device binary)"
     if compiled.emulated:
         runnable = can_run()
         report.check_note = "run under qemu-aarch64" if runnable else \

@@ -59,7 +59,7 @@ class CompiledModel:
         self._library = library  # on disk: where it was loaded from or exported to
         self._scratch = None  # a temporary export, for an emulated library built in this process
         self._vm = None
-        if not self.emulated:
+        if not self.emulated and self.runnable:
             from tvm.runtime.vm import VirtualMachine
 
             self._vm = VirtualMachine(module, self._device)
@@ -70,13 +70,29 @@ class CompiledModel:
         return self.metadata["target"].get("arch", "x86_64")
 
     @property
+    def runnable(self) -> bool:
+        """False for a CUDA library on a machine without an NVIDIA GPU (it builds, it cannot run here)."""
+        if self.metadata["target"].get("device") != "cuda":
+            return True
+        from slimgraph.codegen.cuda import gpu_present
+
+        return gpu_present()
+
+    def _machine(self):
+        if self._vm is None:
+            raise SlimgraphError(f"model '{self.metadata['model']}' is a CUDA library "
+                                 f"({self.metadata['target']['name']}) and this machine has no NVIDIA GPU with a "
+                                 f"driver; run it where one is (the library needs no CUDA compiler there)")
+        return self._vm
+
+    @property
     def emulated(self) -> bool:
         """True when the library is for another CPU architecture and runs under an emulator here."""
         from slimgraph.codegen.aarch64 import host_is_aarch64
 
         return self.arch == "aarch64" and not host_is_aarch64()
 
-    def _library_on_disk(self) -> Path:
+    def library_file(self) -> Path:
         if self._library is None:
             import tempfile
 
@@ -107,9 +123,9 @@ class CompiledModel:
         if self.emulated:
             from slimgraph.codegen.aarch64 import run_library
 
-            arrays, _ = run_library(self._library_on_disk(), self.check_inputs(inputs))
+            arrays, _ = run_library(self.library_file(), self.check_inputs(inputs))
         else:
-            result = self._vm["main"](*self._tvm_inputs(inputs))
+            result = self._machine()["main"](*self._tvm_inputs(inputs))
             values = list(result) if not hasattr(result, "numpy") else [result]
             arrays = [v.numpy() for v in values]
         if inputs and all(hasattr(i, "detach") for i in inputs):
@@ -137,10 +153,10 @@ class CompiledModel:
             from slimgraph.codegen.aarch64 import run_library
 
             arrays = self.check_inputs(inputs if inputs is not None else self.random_inputs())
-            _, median = run_library(self._library_on_disk(), arrays, repeat=repeat)
+            _, median = run_library(self.library_file(), arrays, repeat=repeat)
             return {"median_ms": median, "mean_ms": median, "min_ms": median, "runs": repeat, "emulated": True}
-        args = self._tvm_inputs(inputs if inputs is not None else self.random_inputs())
-        self._vm.set_input("main", *args)
+        machine = self._machine()
+        machine.set_input("main", *self._tvm_inputs(inputs if inputs is not None else self.random_inputs()))
         for _ in range(warmup):
             self._vm.invoke_stateful("main")
         timer = self._vm.time_evaluator("invoke_stateful", self._device, number=1, repeat=repeat, min_repeat_ms=0)
@@ -158,7 +174,10 @@ class CompiledModel:
             from slimgraph.codegen.aarch64 import cross_compiler
 
             options["cc"] = cross_compiler()
-        paths = write_artifact(self._executable, metadata, output, **options)
+        verify = None
+        if self.metadata["target"].get("device") == "cuda":
+            from slimgraph.codegen.cuda import check_device_binary as verify
+        paths = write_artifact(self._executable, metadata, output, verify=verify, **options)
         if self._library is None:
             self._library = paths[0]
         return paths
@@ -178,4 +197,9 @@ def load(path: str | os.PathLike) -> CompiledModel:
 
     if metadata["target"].get("arch") == "aarch64" and not host_is_aarch64():
         return CompiledModel(None, metadata, library=library)  # runs under qemu: see CompiledModel
+    if metadata["target"].get("device") == "cuda":
+        from slimgraph.codegen.cuda import gpu_present
+
+        if not gpu_present():  # CUDA's module loader is not there to load it; calls say why
+            return CompiledModel(None, metadata, library=library)
     return CompiledModel(tvm.runtime.load_module(str(library)), metadata, library=library)

@@ -47,14 +47,18 @@ def check_writable(output: str | os.PathLike) -> None:
         raise ArtifactError(f"cannot write output '{library}': it is a folder")
 
 
-def write_artifact(executable, metadata: dict, output: str | os.PathLike, **export_options) -> tuple[Path, Path]:
-    """Export `executable` and its metadata atomically; returns (library path, metadata path)."""
+def write_artifact(executable, metadata: dict, output: str | os.PathLike, verify=None,
+                   **export_options) -> tuple[Path, Path]:
+    """Export `executable` and its metadata atomically; returns (library path, metadata path).
+    `verify(staged library)` may raise to refuse the library before anything reaches `output`."""
     check_writable(output)
     library, meta = artifact_paths(output)
     staging = Path(tempfile.mkdtemp(prefix=f".{library.name}.", dir=library.parent))
     try:
         staged_library = staging / library.name
         executable.export_library(str(staged_library), **export_options)
+        if verify is not None:
+            verify(staged_library)
         metadata = {**metadata, "format": METADATA_FORMAT,
                     "library": {"file": library.name, "bytes": staged_library.stat().st_size,
                                 "sha256": sha256_of(staged_library)}}

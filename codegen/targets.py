@@ -4,13 +4,16 @@
 (/proc/cpuinfo flags mapped to LLVM attributes) as `mattr`, and its core count. `arm64` is a
 64-bit ARM CPU with NEON (any ARMv8-A core); `arm64-dotprod` an ARMv8.2-A core with the int8
 dot-product instructions (Cortex-A76 class: Raspberry Pi 5, Graviton 2, Neoverse N1). Both
-assume 4 cores, which only tuning reads (the runtime uses the device's own core count). A raw
-target is a JSON object (`{"kind": "llvm", ...}`) given inline or as a path to a .json file.
+assume 4 cores, which only tuning reads (the runtime uses the device's own core count). `cuda`
+is an NVIDIA GPU of compute capability 9.0 (H100/H200); `cuda:sm_XX` names another (sm_80 for
+A100, sm_89 for L4/RTX 40xx); the host code is for this machine's x86 CPU. A raw target is a
+JSON object (`{"kind": "llvm", ...}`) given inline or as a path to a .json file.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -91,7 +94,19 @@ def arm64_dotprod() -> TargetSpec:
     return TargetSpec("arm64-dotprod", config, ("neon", "dotprod"))
 
 
-PRESETS: dict[str, Callable[[], TargetSpec]] = {"x86": x86_host, "arm64": arm64, "arm64-dotprod": arm64_dotprod}
+DEFAULT_CUDA_ARCH = "sm_90"
+
+
+def cuda(arch: str = DEFAULT_CUDA_ARCH) -> TargetSpec:
+    if not re.fullmatch(r"sm_\d{2,3}[af]?", arch):
+        raise TargetError(f"CUDA architecture '{arch}' is not of the form sm_XX (e.g. sm_80, sm_90, sm_90a)")
+    host = {key: value for key, value in x86_host().config.items() if key != "num-cores"}
+    config = {"kind": "cuda", "arch": arch, "host": host}
+    return TargetSpec("cuda" if arch == DEFAULT_CUDA_ARCH else f"cuda:{arch}", config, (arch,))
+
+
+PRESETS: dict[str, Callable[[], TargetSpec]] = {"x86": x86_host, "arm64": arm64, "arm64-dotprod": arm64_dotprod,
+                                                "cuda": cuda}
 
 
 def resolve_target(target: str | dict | TargetSpec) -> TargetSpec:
@@ -103,6 +118,8 @@ def resolve_target(target: str | dict | TargetSpec) -> TargetSpec:
     text = target.strip()
     if text in PRESETS:
         return PRESETS[text]()
+    if text.startswith("cuda:"):
+        return cuda(text.split(":", 1)[1])
     if text.startswith("{"):
         try:
             config = json.loads(text)
@@ -117,7 +134,7 @@ def resolve_target(target: str | dict | TargetSpec) -> TargetSpec:
             return _from_json(json.loads(path.read_text()), str(path))
         except json.JSONDecodeError as exc:
             raise TargetError(f"target file '{path}' is malformed JSON: {exc.msg} at line {exc.lineno}") from exc
-    known = ", ".join(sorted(PRESETS))
+    known = ", ".join([*sorted(PRESETS), "cuda:sm_XX"])
     raise TargetError(f"unknown target '{text}'; presets: {known}, or a TVM target JSON object / .json file")
 
 

@@ -46,21 +46,20 @@ def lower(graph: Graph, target, before_rules: Callable | None = None):
     """(imported Relax module, optimized module, notes). When the `fuse` pass marked regions, each
     region becomes one kernel (lowering.regions); otherwise TVM's FuseOps decides the fusion.
     Then `before_rules(fused module)` may schedule kernels first (the compiler passes the tuning
-    database, codegen.tuning), and the CPU schedule rules (lowering.cpu_schedules) schedule the
-    other kernels they know."""
+    database, codegen.tuning), and the schedule rules of the target (lowering.cpu_schedules on
+    CPUs, lowering.gpu_schedules on GPUs) schedule the other kernels they know."""
     from .pipeline import fuse_regions, legalize_for_regions, optimize
     from slimgraph.ir.text import REGION
 
     from .regions import import_with_origins, outline_regions
 
-    from .cpu_schedules import schedule_cpu
     from .int8_kernels import dot_product_data_for
 
     region_of = {n.name: n.meta[REGION] for n in graph.fx_graph.nodes if n.meta.get(REGION) is not None}
     if not region_of:
         with dot_product_data_for(target):
             imported = to_relax(graph)
-        scheduled, notes = schedule_cpu(_hook(optimize(imported, target), before_rules), target)
+        scheduled, notes = _schedule(_hook(optimize(imported, target), before_rules), target)
         return imported, scheduled, notes
     graph = normalize_negative_indices(graph)
     try:
@@ -70,8 +69,16 @@ def lower(graph: Graph, target, before_rules: Callable | None = None):
         raise _unsupported(graph, exc) from exc
     var_region = {var: region_of[node] for var, node in origins.items() if node in region_of}
     outlined, notes = outline_regions(legalize_for_regions(imported, target), var_region)
-    scheduled, unscheduled = schedule_cpu(_hook(fuse_regions(outlined, target), before_rules), target)
+    scheduled, unscheduled = _schedule(_hook(fuse_regions(outlined, target), before_rules), target)
     return imported, scheduled, notes + unscheduled
+
+
+def _schedule(mod, target):
+    """The schedule rules of the target's kind: ours on CPUs, dlight's on GPUs."""
+    from .cpu_schedules import schedule_cpu
+    from .gpu_schedules import schedule_gpu
+
+    return schedule_gpu(mod, target) if "gpu" in target.keys else schedule_cpu(mod, target)
 
 
 def _hook(mod, before_rules):

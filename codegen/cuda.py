@@ -1,0 +1,156 @@
+"""CUDA libraries: a real device binary at build time, on a machine with or without a GPU.
+
+TVM's CUDA codegen hands the generated CUDA C to `libtvm_runtime_cuda.so`, which compiles it
+through TVM's Python callback (nvcc -> fatbin here). That library links against the CUDA
+driver (`libcuda.so.1`); on a build machine without a GPU driver it cannot load, and TVM then
+silently embeds the CUDA *source* instead, leaving the compile to whoever loads the library.
+So when no driver is installed we load a stand-in `libcuda.so.1` (nine entry points that all
+answer CUDA_ERROR_NO_DEVICE; built once with the host C compiler into the cache directory):
+the CUDA runtime library loads, nvcc runs at build time, and the shipped .so holds an sm_XX
+fatbin that loads with no compiler on the device. Nothing ever launches through the stand-in:
+with it, `tvm.cuda(0).exist` is False and running a CUDA library is refused.
+
+`device_binaries(library)` reads an exported library back and counts the fatbins (and CUDA
+source) inside, so a build that fell back to host code or to source is caught, not shipped.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+from slimgraph.ir.errors import SlimgraphError
+
+FATBIN_MAGIC = struct.pack("<I", 0xBA55ED50)  # the header of every fatbin (fatbinary.h)
+CUDA_SOURCE_MARK = b'extern "C" __global__'  # TVM's kernels in embedded CUDA source
+DRIVER_ENTRY_POINTS = ("cuDeviceGetName", "cuFuncSetAttribute", "cuLaunchKernelEx", "cuModuleGetFunction",
+                       "cuModuleLoadData", "cuModuleUnload", "cuTensorMapEncodeTiled")
+STUB_SOURCE = "\n".join([
+    "/* slimgraph: a stand-in libcuda.so.1 for building CUDA libraries without a GPU driver. */",
+    "#define CUDA_ERROR_NO_DEVICE 100",
+    *[f"int {name}(void) {{ return CUDA_ERROR_NO_DEVICE; }}" for name in DRIVER_ENTRY_POINTS],
+    'int cuGetErrorName(int e, const char **s) { if (s) *s = "CUDA_ERROR_NO_DEVICE"; return 0; }',
+    'int cuGetErrorString(int e, const char **s) { if (s) *s = "no CUDA driver (slimgraph build stub)"; '
+    "return 0; }",
+    "",
+])
+
+
+class CudaError(SlimgraphError):
+    """A CUDA library cannot be built here (no CUDA compiler) or has no device binary."""
+
+
+def _cache_dir() -> Path:
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "slimgraph" / "cuda-stub"
+
+
+def find_nvcc() -> str | None:
+    """nvcc from $CUDA_PATH/bin, PATH, or /usr/local/cuda/bin."""
+    candidates = [Path(os.environ["CUDA_PATH"]) / "bin" / "nvcc"] if os.environ.get("CUDA_PATH") else []
+    found = shutil.which("nvcc")
+    candidates += [Path(found)] if found else []
+    candidates.append(Path("/usr/local/cuda/bin/nvcc"))
+    return next((str(c) for c in candidates if c.is_file() and os.access(c, os.X_OK)), None)
+
+
+def _real_driver_present() -> bool:
+    try:
+        ctypes.CDLL("libcuda.so.1", mode=ctypes.RTLD_GLOBAL)
+    except OSError:
+        return False
+    return True
+
+
+def _stub_driver() -> Path:
+    """Build (once) the stand-in libcuda.so.1 into the cache directory."""
+    folder = _cache_dir()
+    library = folder / "libcuda.so.1"
+    if library.is_file():
+        return library
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise CudaError("building a CUDA library without a GPU driver needs a C compiler (install Debian's gcc)")
+    folder.mkdir(parents=True, exist_ok=True)
+    source = folder / "libcuda_stub.c"
+    source.write_text(STUB_SOURCE)
+    staged = folder / f".libcuda.so.1.{os.getpid()}"
+    result = subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-Wl,-soname,libcuda.so.1", "-o", str(staged),
+                             str(source)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise CudaError(f"cannot build the stand-in CUDA driver with {compiler}: {result.stderr.strip()[:200]}")
+    os.replace(staged, library)
+    return library
+
+
+def enable_cuda_codegen() -> str:
+    """Make TVM compile CUDA kernels into a device binary in this process; returns how ("driver" /
+    "stub driver"). Raises CudaError naming what to install when no CUDA compiler is found."""
+    import tvm
+    from tvm.base import _LOADED_LIBS
+    from tvm_ffi.libinfo import load_lib_ctypes
+
+    nvcc = find_nvcc()
+    if nvcc is None:
+        raise CudaError("CUDA targets need NVIDIA's nvcc (the CUDA toolkit) on PATH or in $CUDA_PATH/bin; "
+                        "install the CUDA toolkit, e.g. Debian's nvidia-cuda-toolkit")
+    os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
+    os.environ["PATH"] = f"{Path(nvcc).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    if "tvm_runtime_cuda" in _LOADED_LIBS:
+        return "driver" if tvm.cuda(0).exist else "stub driver"
+    how = "driver"
+    if not _real_driver_present():
+        ctypes.CDLL(str(_stub_driver()), mode=ctypes.RTLD_GLOBAL)
+        how = "stub driver"
+    runtime_dir = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
+    try:
+        _LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes(package="tvm", target_name="tvm_runtime_cuda",
+                                                           extra_lib_paths=[runtime_dir], mode="RTLD_LOCAL")
+    except (OSError, RuntimeError) as exc:
+        raise CudaError(f"TVM's CUDA runtime (libtvm_runtime_cuda.so) cannot load: {str(exc)[:200]}; it needs "
+                        f"the CUDA 13 runtime libcudart.so.13 (the CUDA toolkit, or pip's nvidia-cuda-runtime)") from exc
+    return how
+
+
+def gpu_present() -> bool:
+    """A CUDA GPU with a real driver is usable from this process."""
+    try:
+        import tvm
+
+        return _real_driver_present() and bool(tvm.cuda(0).exist)
+    except Exception:  # noqa: BLE001 - no CUDA runtime at all
+        return False
+
+
+def device_binaries(library: str | os.PathLike) -> tuple[int, bool]:
+    """(fatbins in the library file, whether it embeds CUDA source instead)."""
+    data = Path(library).read_bytes()
+    return data.count(FATBIN_MAGIC), CUDA_SOURCE_MARK in data
+
+
+def check_device_binary(library: str | os.PathLike) -> int:
+    """Raise unless the exported library carries a CUDA device binary; returns the fatbin count."""
+    fatbins, source = device_binaries(library)
+    if fatbins == 0:
+        what = "CUDA source to be compiled on load" if source else "no CUDA module (the kernels became host code)"
+        raise CudaError(f"'{library}' holds {what}, not a device binary; the CUDA build is broken")
+    return fatbins
+
+
+def cuda_modules(executable) -> list:
+    """The CUDA modules imported by a built executable (empty when the kernels became host code)."""
+    found, stack = [], list(executable.mod.imports)
+    while stack:
+        module = stack.pop()
+        if module.kind == "cuda":
+            found.append(module)
+        stack.extend(module.imports)
+    return found
+
+
+def cuda_source(executable) -> str:
+    """The generated CUDA C of a built executable's kernels."""
+    return "\n".join(str(module.inspect_source("")) for module in cuda_modules(executable))
