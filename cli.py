@@ -102,9 +102,11 @@ def _dump(args) -> int:
     from slimgraph.model_source import load_model
     from slimgraph.rewrites import PassManager, load_plugin, parse_pipeline, trace_rules
 
+    if args.source:
+        return _dump_source(args)
     for plugin in args.plugin:
         load_plugin(plugin)
-    pipeline = parse_pipeline(args.pipeline)
+    pipeline = parse_pipeline(args.pipeline or "none")
     options = _instrument_options(args).merged_with_env()
     if args.dump_dir:
         options.dump_dir = args.dump_dir
@@ -145,6 +147,25 @@ def _dump(args) -> int:
         for record in records:  # e.g. quantize: per-layer SQNR, most sensitive first
             for note in record.notes:
                 stdout.print(f"{record.pass_.name}: {escape(note)}")
+    return 0
+
+
+def _dump_source(args) -> int:
+    """dump --source: compile (default pipeline unless --pipeline) and print the generated code."""
+    import slimgraph
+    from slimgraph.codegen.build import generated_source
+
+    compiled = slimgraph.compile(args.model, target=args.target, pipeline=args.pipeline or "default",
+                                 plugins=args.plugin, check=False, calibration_data=args.calib,
+                                 instruments=_instrument_options(args))
+    from slimgraph.codegen.targets import resolve_target
+
+    sys.stdout.write(generated_source(compiled.executable, resolve_target(args.target), args.source) + "\n")
+    notes = compiled.report.lowering_notes
+    stderr.print(f"{compiled.metadata['model']} for {compiled.metadata['target']['name']}: "
+                 f"{len(compiled.report.kernels)} kernels", markup=False)
+    for note in notes:
+        stderr.print(f"  {note}", markup=False)
     return 0
 
 
@@ -222,10 +243,11 @@ def _models(args) -> int:
     return 0
 
 
-def _add_pass_options(parser: argparse.ArgumentParser, default_pipeline: str) -> None:
+def _add_pass_options(parser: argparse.ArgumentParser, default_pipeline: str | None) -> None:
     group = parser.add_argument_group("rewrite passes (also: SLIMGRAPH_PASS_DEBUG=print-ir-after-change,...)")
+    shown = default_pipeline or "none; 'default' with --source"
     group.add_argument("--pipeline", default=default_pipeline,
-                       help=f"passes to run, e.g. 'fold-bn,fuse{{parallel=false}}' (default: {default_pipeline})")
+                       help=f"passes to run, e.g. 'fold-bn,fuse{{parallel=false}}' (default: {shown})")
     group.add_argument("--plugin", action="append", default=[], help="a .py file that registers passes (repeatable)")
     group.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass")
     group.add_argument("--print-ir-after-change", action="store_true",
@@ -268,7 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also list the heaviest nodes by MACs and the passes' notes (quantize: per-layer SQNR)")
     dump.add_argument("--dump-dir", help="write one IR file per pass here")
     dump.add_argument("--calib", help="calibration data for the quantize pass (.npz or a folder of them)")
-    _add_pass_options(dump, default_pipeline="none")
+    dump.add_argument("--source", nargs="?", const="auto", choices=["auto", "cuda", "asm", "ll"],
+                      help="compile and print the generated code instead of the IR: CUDA C for a CUDA target, "
+                           "else assembly (asm) or LLVM IR (ll); the pipeline defaults to 'default' here")
+    dump.add_argument("--target", default="x86", help="target for --source: x86, arm64, arm64-dotprod, cuda, "
+                                                      "cuda:sm_XX or TVM target JSON")
+    _add_pass_options(dump, default_pipeline=None)
     dump.set_defaults(handler=_dump)
 
     run = commands.add_parser("run", help="run a compiled library on random or given inputs")

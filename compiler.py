@@ -25,7 +25,7 @@ from slimgraph.calibration_io import calibration_scope
 from slimgraph.ir.errors import SlimgraphError
 from slimgraph.codegen.aarch64 import QEMU, can_run, cross_compiler
 from slimgraph.codegen.artifact import check_writable
-from slimgraph.codegen.build import build
+from slimgraph.codegen.build import build, generated_source
 from slimgraph.codegen.channel_widths import measured_multiple
 from slimgraph.codegen.targets import TargetSpec, resolve_target
 from slimgraph.codegen.tuning import TuningOptions, TuningReport, tune_and_apply
@@ -148,6 +148,9 @@ def compile(model: Any, example_inputs: Sequence[torch.Tensor] | None = None, *,
         _dump(Path(options.dump_dir), mod, optimized)
     with _stage(report, console, "build"):
         executable = build(optimized, spec)
+    if options.dump_dir is not None:
+        suffix = "cu" if spec.device == "cuda" else "s"
+        (Path(options.dump_dir) / f"kernels.{suffix}").write_text(generated_source(executable, spec))
     metadata = _metadata(graph, spec, loaded.source, report.kernels, report.kernel_launches, str(passes))
     compiled = CompiledModel(executable, metadata, executable)
     compiled.graph, compiled.report, compiled.lowered = graph, report, optimized
@@ -158,8 +161,8 @@ def compile(model: Any, example_inputs: Sequence[torch.Tensor] | None = None, *,
     if spec.device == "cuda":
         from slimgraph.codegen.cuda import check_device_binary
 
-        fatbins = check_device_binary(compiled.library_file())
-        report.device_binary = f"{fatbins} fatbin(s) for {spec.config['arch']}"
+        images = check_device_binary(compiled.library_file(), spec.config["arch"])
+        report.device_binary = ", ".join(f"{kind} for {sm}" for kind, sm in images) + " (in the library's fatbin)"
         if not runnable:
             report.check_note = "not run: no NVIDIA GPU with a driver on this machine (the library is built and " \
                                 "holds its device binary)"

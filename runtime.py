@@ -70,6 +70,11 @@ class CompiledModel:
         return self.metadata["target"].get("arch", "x86_64")
 
     @property
+    def executable(self):
+        """The built TVM executable (None for a library loaded from disk)."""
+        return self._executable
+
+    @property
     def runnable(self) -> bool:
         """False for a CUDA library on a machine without an NVIDIA GPU (it builds, it cannot run here)."""
         if self.metadata["target"].get("device") != "cuda":
@@ -176,7 +181,10 @@ class CompiledModel:
             options["cc"] = cross_compiler()
         verify = None
         if self.metadata["target"].get("device") == "cuda":
-            from slimgraph.codegen.cuda import check_device_binary as verify
+            from slimgraph.codegen.cuda import check_device_binary
+
+            def verify(library):
+                check_device_binary(library, self.metadata["target"]["config"].get("arch"))
         paths = write_artifact(self._executable, metadata, output, verify=verify, **options)
         if self._library is None:
             self._library = paths[0]

@@ -20,3 +20,25 @@ def build(mod, spec: TargetSpec):
     if spec.device == "cuda" and not cuda_modules(executable):
         raise CudaError(f"the build for {spec.name} produced no CUDA module: the kernels became host code")
     return executable
+
+
+SOURCE_FORMATS = ("cuda", "asm", "ll")
+
+
+def generated_source(executable, spec: TargetSpec, source_format: str = "auto") -> str:
+    """The generated code of a built executable: CUDA C for a CUDA target (its kernels), else the
+    host code's assembly ("asm") or LLVM IR ("ll"); "auto" picks CUDA on GPUs, assembly on CPUs."""
+    from slimgraph.ir.errors import SlimgraphError
+
+    if source_format == "auto":
+        source_format = "cuda" if spec.device == "cuda" else "asm"
+    if source_format not in SOURCE_FORMATS:
+        raise SlimgraphError(f"unknown source format '{source_format}'; choose one of {', '.join(SOURCE_FORMATS)}")
+    if source_format == "cuda":
+        if spec.device != "cuda":
+            raise SlimgraphError(f"target '{spec.name}' generates no CUDA; its source formats are asm and ll")
+        from .cuda import cuda_source
+
+        return cuda_source(executable)
+    host = [m for m in executable.mod.imports if m.kind == "llvm"]
+    return "\n".join(str(m.inspect_source(source_format)) for m in host)

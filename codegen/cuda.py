@@ -10,8 +10,8 @@ the CUDA runtime library loads, nvcc runs at build time, and the shipped .so hol
 fatbin that loads with no compiler on the device. Nothing ever launches through the stand-in:
 with it, `tvm.cuda(0).exist` is False and running a CUDA library is refused.
 
-`device_binaries(library)` reads an exported library back and counts the fatbins (and CUDA
-source) inside, so a build that fell back to host code or to source is caught, not shipped.
+`fatbin_images(library)` reads an exported library back and lists the device images in its
+fatbins, so a build that fell back to host code or to source is caught, not shipped.
 """
 from __future__ import annotations
 
@@ -125,19 +125,41 @@ def gpu_present() -> bool:
         return False
 
 
-def device_binaries(library: str | os.PathLike) -> tuple[int, bool]:
-    """(fatbins in the library file, whether it embeds CUDA source instead)."""
+def fatbin_images(library: str | os.PathLike) -> list[tuple[str, str]]:
+    """The images in every fatbin of a library file: (kind, arch), e.g. ("cubin", "sm_90").
+
+    fatbin layout (CUDA's fatbinary.h): a 16-byte header (magic, version, header size, payload
+    size), then entries, each a header (kind: 1 PTX / 2 ELF cubin; its size at byte 4, the
+    payload's padded size at byte 8, the SM version at byte 28) followed by its payload."""
     data = Path(library).read_bytes()
-    return data.count(FATBIN_MAGIC), CUDA_SOURCE_MARK in data
+    images, start = [], data.find(FATBIN_MAGIC)
+    while start >= 0:
+        _, _, header_size, fat_size = struct.unpack_from("<IHHQ", data, start)
+        offset, end = start + header_size, start + header_size + fat_size
+        while offset + 32 <= min(end, len(data)):
+            kind, _, entry_header, padded = struct.unpack_from("<HHIQ", data, offset)
+            (sm,) = struct.unpack_from("<I", data, offset + 28)
+            images.append(({1: "ptx", 2: "cubin"}.get(kind, f"kind{kind}"), f"sm_{sm}"))
+            if entry_header == 0:
+                break
+            offset += entry_header + padded
+        start = data.find(FATBIN_MAGIC, max(end, start + 1))
+    return images
 
 
-def check_device_binary(library: str | os.PathLike) -> int:
-    """Raise unless the exported library carries a CUDA device binary; returns the fatbin count."""
-    fatbins, source = device_binaries(library)
-    if fatbins == 0:
+def check_device_binary(library: str | os.PathLike, arch: str | None = None) -> list[tuple[str, str]]:
+    """Raise unless the exported library carries a CUDA device binary (for `arch`, when given,
+    matching its SM number); returns the fatbin images."""
+    images = fatbin_images(library)
+    if not images:
+        source = CUDA_SOURCE_MARK in Path(library).read_bytes()
         what = "CUDA source to be compiled on load" if source else "no CUDA module (the kernels became host code)"
         raise CudaError(f"'{library}' holds {what}, not a device binary; the CUDA build is broken")
-    return fatbins
+    number = arch.removeprefix("sm_").rstrip("af") if arch else None
+    if number and not any(sm == f"sm_{number}" for _, sm in images):
+        found = ", ".join(f"{kind} {sm}" for kind, sm in images)
+        raise CudaError(f"'{library}' holds no device binary for {arch} (it has: {found})")
+    return images
 
 
 def cuda_modules(executable) -> list:

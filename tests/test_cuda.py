@@ -1,0 +1,108 @@
+"""CUDA libraries: every built-in model builds for sm_90 into a library whose fatbin holds an sm_90
+cubin, with dlight's GPU rules named per kernel; `dump --source` shows the kernels. Building needs
+nvcc (the CUDA toolkit), not a GPU: without nvcc these tests skip. Running a library needs an
+NVIDIA GPU: those tests skip without one, and the refusal to run is tested where there is none."""
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import slimgraph
+from slimgraph.cli import main
+from slimgraph.codegen import cuda
+from slimgraph.codegen.targets import resolve_target
+from slimgraph.ir.errors import SlimgraphError
+
+from .conftest import MODEL_NAMES, imported_model
+
+needs_nvcc = pytest.mark.skipif(cuda.find_nvcc() is None, reason="CUDA builds need nvcc (the CUDA toolkit)")
+HAS_GPU = cuda.gpu_present()
+needs_gpu = pytest.mark.skipif(not HAS_GPU, reason="needs an NVIDIA GPU with its driver")
+
+
+@needs_nvcc
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_builtin_models_build_an_sm90_device_binary(name, tmp_path):
+    module, inputs, graph = imported_model(name)
+    compiled = slimgraph.compile(graph, target="cuda", output=tmp_path / "model.so", check=HAS_GPU)
+    images = cuda.fatbin_images(tmp_path / "model.so")
+    assert ("cubin", "sm_90") in images
+    assert cuda.CUDA_SOURCE_MARK not in (tmp_path / "model.so").read_bytes()  # a binary, not source to JIT
+    metadata = json.loads((tmp_path / "model.json").read_text())
+    assert metadata["target"]["device"] == "cuda" and metadata["target"]["config"]["arch"] == "sm_90"
+    rules = {note.split("GPU rule ")[1] for note in compiled.report.lowering_notes if "GPU rule" in note}
+    assert len([n for n in compiled.report.lowering_notes if "GPU rule" in n]) == len(compiled.report.kernels)
+    assert "Matmul" in rules  # convs and linears take the tiled GEMM rule, not the one-thread fallback
+    if HAS_GPU:
+        assert compiled.report.max_abs_diff < 1e-3
+    else:
+        assert "no NVIDIA GPU" in compiled.report.check_note
+
+
+@needs_nvcc
+def test_other_architecture_and_dump_source(capsys):
+    assert main(["dump", "digit_cnn", "--source", "--target", "cuda:sm_80"]) == 0
+    captured = capsys.readouterr()
+    kernels = [line for line in captured.out.splitlines() if line.startswith('extern "C" __global__')]
+    assert kernels and all("_kernel(" in line for line in kernels)
+    assert "digit_cnn for cuda:sm_80" in captured.err and "GPU rule Matmul" in captured.err
+
+
+@needs_nvcc
+def test_a_library_without_the_named_architecture_is_refused(tmp_path):
+    slimgraph.compile("digit_cnn", target="cuda:sm_80", output=tmp_path / "m.so", check=False)
+    assert cuda.fatbin_images(tmp_path / "m.so") == [("cubin", "sm_80")]
+    with pytest.raises(cuda.CudaError, match="no device binary for sm_90 .*cubin sm_80"):
+        cuda.check_device_binary(tmp_path / "m.so", "sm_90")
+
+
+def test_a_cpu_library_has_no_device_binary(tmp_path):
+    slimgraph.compile("digit_cnn", target="x86", output=tmp_path / "cpu.so", check=False)
+    with pytest.raises(cuda.CudaError, match="no CUDA module"):
+        cuda.check_device_binary(tmp_path / "cpu.so")
+
+
+@needs_nvcc
+@pytest.mark.skipif(HAS_GPU, reason="this machine has a GPU: the library runs")
+def test_running_without_a_gpu_is_a_one_line_error(tmp_path, capsys):
+    assert main(["compile", "digit_cnn", "--target", "cuda", "-o", str(tmp_path / "m.so"), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["run", str(tmp_path / "m.so")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no NVIDIA GPU" in err and "digit_cnn" in err
+    with pytest.raises(SlimgraphError, match="no NVIDIA GPU"):
+        slimgraph.load(tmp_path / "m.so")(np.zeros((1, 1, 8, 8), np.float32))
+
+
+@needs_gpu
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_builtin_models_match_pytorch_on_the_gpu(name, tmp_path):
+    module, inputs, _ = imported_model(name)
+    slimgraph.compile(module, inputs, target="cuda", output=tmp_path / "m.so")
+    outputs = slimgraph.load(tmp_path / "m.so")(*inputs)
+    with torch.no_grad():
+        expected = copy.deepcopy(module).cuda()(*[i.cuda() for i in inputs])
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    for got, want in zip(outputs, expected):
+        np.testing.assert_allclose(got.numpy(), want.cpu().numpy(), atol=1e-3, rtol=1e-3)
+
+
+def test_bad_cuda_targets_are_one_line_errors(capsys):
+    with pytest.raises(SlimgraphError, match="'sm90' is not of the form sm_XX"):
+        resolve_target("cuda:sm90")
+    assert main(["compile", "digit_cnn", "--target", "cuda:ampere", "--quiet"]) == 1
+    assert "'ampere' is not of the form sm_XX" in capsys.readouterr().err
+
+
+def test_missing_nvcc_names_the_toolkit(monkeypatch):
+    monkeypatch.setattr(cuda, "find_nvcc", lambda: None)
+    with pytest.raises(cuda.CudaError, match="need NVIDIA's nvcc .*CUDA toolkit"):
+        slimgraph.compile("digit_cnn", target="cuda", check=False)
+
+
+@needs_nvcc
+def test_the_stand_in_driver_is_only_used_without_a_real_one():
+    how = cuda.enable_cuda_codegen()
+    assert how == ("driver" if HAS_GPU else "stub driver")
