@@ -20,6 +20,9 @@ def add_tuning_options(parser: argparse.ArgumentParser, trials_flag: str, defaul
     group.add_argument("--db", help="tuning database directory (default: $SLIMGRAPH_TUNING_DB or "
                                     "~/.cache/slimgraph/tuning)")
     group.add_argument("--no-db", action="store_true", help="ignore the tuning database: rule schedules only")
+    group.add_argument("--rpc", metavar="HOST:PORT", help="measure candidates on the devices of this TVM RPC tracker "
+                                                          "instead of this machine (a device farm)")
+    group.add_argument("--device-key", metavar="KEY", help="with --rpc: the key the devices' rpc_server registered")
 
 
 @contextmanager
@@ -30,8 +33,16 @@ def tuning_options(args, quiet: bool):
     if args.trials < (1 if args.command == "tune" else 0):
         flag = "--trials" if args.command == "tune" else "--tune"
         raise TuningError(f"{flag} must be {'at least 1' if args.command == 'tune' else '0 or more'}, got {args.trials}")
+    device = None
+    if args.rpc or args.device_key:
+        from slimgraph.codegen.rpc import free_servers, parse_rpc
+
+        if args.trials <= 0:
+            raise TuningError(f"--rpc {args.rpc or ''} measures tuning candidates: give --tune TRIALS too")
+        device = parse_rpc(args.rpc or "", args.device_key)
+        free_servers(device)  # unreachable tracker or unknown key: one line now, not after the import
     options = TuningOptions(trials=args.trials, database=Path(args.db) if args.db else None,
-                            use_database=not args.no_db)
+                            use_database=not args.no_db, rpc=device)
     if options.trials <= 0 or quiet:
         yield options
         return

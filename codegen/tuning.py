@@ -1,7 +1,8 @@
 """MetaSchedule tuning on top of the schedule rules, with a database on disk that later compiles reuse.
 
     tune:  for every kernel of the fused (unscheduled) module
-             1. the rule schedule (lowering.cpu_schedules) is measured and committed to the database,
+             1. the rule schedule (lowering.cpu_schedules) is built and measured like any candidate (on
+                this machine, or on the devices of an RPC tracker: codegen.rpc) and committed to the database,
                 so the database's best is never worse than the rules and the evolutionary search
                 starts from it (it seeds its population with the database's best records);
              2. MetaSchedule searches, `trials` candidates in all, split by TVM's gradient task scheduler.
@@ -22,6 +23,8 @@ from typing import Callable
 
 from slimgraph.ir.errors import SlimgraphError
 from slimgraph.lowering.pipeline import kernel_calls
+
+from .rpc import RpcDevice, export_for_aarch64, rpc_runner
 
 BUILD_TIMEOUT_SECONDS = 300
 
@@ -51,6 +54,7 @@ class TuningOptions:
     database: Path | None = None  # None: default_database_dir(); use_database=False ignores it
     use_database: bool = True
     seed: int = 0
+    rpc: RpcDevice | None = None  # measure on a device farm through TVM's RPC tracker (codegen.rpc)
     progress: Callable | None = None  # progress(kernel, trials_done, best_seconds) during the search
     report: TuningReport = field(default_factory=TuningReport)  # filled by tune / apply_database
 
@@ -103,30 +107,69 @@ def apply_database(mod, target, options: TuningOptions):
     return mod
 
 
-def _measure_rule_schedules(database, funcs: dict, target, report: TuningReport) -> None:
-    """Commit each kernel's rule schedule, timed, as a tuning record (the search's starting point)."""
+def _measure(builder, runner, workloads: dict, target) -> dict[str, float]:
+    """Build and time scheduled kernels the way MetaSchedule measures its candidates (on this machine
+    or on the RPC devices); kernel name -> mean seconds, for those that built and ran."""
+    from tvm.s_tir import meta_schedule as ms
+
+    names = list(workloads)
+    built = builder.build([ms.builder.BuilderInput(workloads[n], target) for n in names])
+    ready = [(n, b) for n, b in zip(names, built) if b.error_msg is None]
+    futures = runner.run([ms.runner.RunnerInput(b.artifact_path, target.kind.name,
+                                                ms.arg_info.ArgInfo.from_prim_func(workloads[n]["main"]))
+                          for n, b in ready])
+    seconds = {}
+    for (name, _), future in zip(ready, futures):
+        result = future.result()
+        if result.error_msg is None and result.run_secs:
+            seconds[name] = float(sum(float(s) for s in result.run_secs) / len(result.run_secs))
+    return seconds
+
+
+def _commit_rule_schedules(database, funcs: dict, target, builder, runner, report: TuningReport) -> None:
+    """Commit each kernel's rule schedule, measured like a candidate, as a tuning record (the search's
+    starting point, so the database's best is never worse than the rules)."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
     from slimgraph.lowering.cpu_schedules import CPU_RULES
 
-    from .kernel_profile import time_kernel
-
+    schedules = {}
     for name, func in funcs.items():
-        workload_mod = _workload(func)
-        schedule = next((s for rule in CPU_RULES if (s := rule.apply(workload_mod["main"], target, False))), None)
-        if schedule is None or schedule.trace is None:
-            continue
-        seconds = time_kernel(schedule.mod["main"], target)
+        schedule = next((s for rule in CPU_RULES if (s := rule.apply(_workload(func)["main"], target, False))), None)
+        if schedule is not None and schedule.trace is not None:
+            schedules[name] = schedule
+    measured = _measure(builder, runner, {n: s.mod for n, s in schedules.items()}, target)
+    for name, seconds in measured.items():
         report.rule_seconds[name] = seconds
+        workload_mod = _workload(funcs[name])
         workload = database.commit_workload(workload_mod)
         database.commit_tuning_record(ms.database.TuningRecord(
-            schedule.trace, workload, [tvm.tirx.FloatImm("float64", seconds)], target,
+            schedules[name].trace, workload, [tvm.tirx.FloatImm("float64", seconds)], target,
             ms.arg_info.ArgInfo.from_prim_func(workload_mod["main"])))
 
 
 def _import_tensor_intrinsics() -> None:  # builder workers: before the first build, not inside its timeout
     import tvm.s_tir.tensor_intrin  # noqa: F401
+
+
+def _targets_aarch64(target) -> bool:
+    return str(target.attrs.get("mtriple", "")).startswith("aarch64")
+
+
+def _builder_and_runner(target, options: TuningOptions):
+    from tvm.s_tir import meta_schedule as ms
+
+    export = export_for_aarch64 if _targets_aarch64(target) else None
+    builder = ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_SECONDS, initializer=_import_tensor_intrinsics,
+                                      f_export=export)
+    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20)
+    if options.rpc is not None:
+        return builder, rpc_runner(options.rpc, evaluator)
+    if _targets_aarch64(target):
+        raise TuningError("tuning for an aarch64 target measures on the devices: give --rpc HOST:PORT "
+                          "--device-key KEY (docs/tuning.md, 'Tuning on a device farm')")
+    return builder, ms.runner.LocalRunner(evaluator_config=evaluator)
 
 
 def tune(mod, target, options: TuningOptions) -> None:
@@ -136,10 +179,11 @@ def tune(mod, target, options: TuningOptions) -> None:
     funcs = kernels(mod)
     if not funcs or options.trials <= 0:
         return
+    builder, runner = _builder_and_runner(target, options)
     directory = options.directory
     database = open_database(directory)
     with target:
-        _measure_rule_schedules(database, funcs, target, options.report)
+        _commit_rule_schedules(database, funcs, target, builder, runner, options.report)
     calls = kernel_calls(mod)
     names = list(funcs)
     contexts = [ms.TuneContext(mod=_workload(funcs[n]), target=target, space_generator="post-order-apply",
@@ -151,10 +195,7 @@ def tune(mod, target, options: TuningOptions) -> None:
     ms.tune_tasks(
         tasks=contexts, task_weights=[float(calls.get(n, 1)) for n in names], work_dir=str(directory),
         max_trials_global=options.trials, num_trials_per_iter=min(64, max(options.trials, 2)),
-        builder=ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_SECONDS, initializer=_import_tensor_intrinsics),
-        runner=ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1,
-                                                                                min_repeat_ms=20)),
-        database=database, cost_model="xgb", measure_callbacks=callbacks)
+        builder=builder, runner=runner, database=database, cost_model="xgb", measure_callbacks=callbacks)
     for name in names:
         records = database.get_top_k(database.commit_workload(_workload(funcs[name])), 1)
         if records:
@@ -164,6 +205,9 @@ def tune(mod, target, options: TuningOptions) -> None:
 def tune_and_apply(mod, target, options: TuningOptions):
     """The compiler's hook before the schedule rules: search (if trials > 0), then apply the database."""
     if target.kind.name != "llvm":
+        if options.trials > 0:
+            raise TuningError(f"MetaSchedule tuning for {target.kind.name} is not built yet: its kernels use "
+                              f"dlight's GPU rules; compile without --tune")
         return mod
     if options.trials > 0:
         tune(mod, target, options)
