@@ -16,6 +16,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from slimgraph.cli_bench import add_bench_parser
+from slimgraph.cli_dump import add_dump_parser
+from slimgraph.cli_options import add_pass_options, instrument_options
 from slimgraph.cli_demo import add_demo_parser
 from slimgraph.cli_tune import add_tune_parser, add_tuning_options, print_tuning_summary, tuning_options
 from slimgraph.ir.errors import SlimgraphError
@@ -39,7 +41,7 @@ def _compile(args) -> int:
         output = Path("out") / f"{stem}-{slug}.so"
     with tuning_options(args, args.quiet) as tuning:
         compiled = slimgraph.compile(model, target=args.target, pipeline=args.pipeline, output=output,
-                                     dump_dir=args.dump_dir, instruments=_instrument_options(args),
+                                     dump_dir=args.dump_dir, instruments=instrument_options(args),
                                      plugins=args.plugin, check=not args.no_check, bench_runs=args.runs,
                                      verbose=not args.quiet, tuning=tuning, calibration_data=args.calib)
     library, meta = artifact_paths(output)
@@ -83,89 +85,6 @@ def _compile(args) -> int:
                          f"--pipeline '{compiled.metadata['pipeline']}' --stats")
     if args.trials:
         print_tuning_summary(report.tuning)
-    return 0
-
-
-def _instrument_options(args):
-    from slimgraph.rewrites import InstrumentOptions
-
-    return InstrumentOptions(print_ir_after_all=args.print_ir_after_all,
-                             print_ir_after_change=args.print_ir_after_change,
-                             print_ir_before=list(args.print_ir_before), verify_each=args.verify_each,
-                             check_numerics=args.check_numerics, timing=args.timing,
-                             trace_rule=list(args.trace_rule))
-
-
-def _dump(args) -> int:
-    from slimgraph import ir
-    from slimgraph.ir.stats import graph_stats
-    from slimgraph.model_source import load_model
-    from slimgraph.rewrites import PassManager, load_plugin, parse_pipeline, trace_rules
-
-    if args.source:
-        return _dump_source(args)
-    for plugin in args.plugin:
-        load_plugin(plugin)
-    pipeline = parse_pipeline(args.pipeline or "none")
-    options = _instrument_options(args).merged_with_env()
-    if args.dump_dir:
-        options.dump_dir = args.dump_dir
-    loaded = load_model(args.model)
-    graph, records = loaded.graph, []
-    if len(pipeline) or options.dump_dir:
-        from slimgraph.calibration_io import calibration_scope
-        from slimgraph.codegen.channel_widths import measured_multiple
-        from slimgraph.codegen.targets import resolve_target
-        from slimgraph.rewrites.prune import channel_multiple_from
-
-        with trace_rules(set(options.trace_rule)), \
-                calibration_scope(args.calib, graph.input_specs(), loaded.example_inputs), \
-                channel_multiple_from(lambda: measured_multiple(resolve_target("x86"))):
-            result = PassManager(pipeline, options.build(inputs=loaded.example_inputs),
-                                 repro_dir=options.dump_dir).run(graph)
-            graph, records = result.graph, result.records
-    if args.output:
-        ir.save(graph, args.output)
-        stderr.print(f"wrote {args.output} and its parameters {Path(args.output).with_suffix('.safetensors').name}")
-    else:
-        sys.stdout.write(ir.print_graph(graph))
-    stats = graph_stats(graph)
-    stdout.print(f"[bold]{graph.name}[/bold]: {stats.summary()}")
-    table = Table()
-    table.add_column("op")
-    table.add_column("count", justify="right")
-    for op, count in stats.ops.most_common():
-        table.add_row(op, str(count))
-    stdout.print(table)
-    if args.stats:
-        heavy = Table(title="MACs by node (top 15)")
-        heavy.add_column("node")
-        heavy.add_column("M MACs", justify="right")
-        for node, macs in sorted(stats.macs_by_node.items(), key=lambda item: -item[1])[:15]:
-            heavy.add_row(f"%{node}", f"{macs / 1e6:,.1f}")
-        stdout.print(heavy)
-        for record in records:  # e.g. quantize: per-layer SQNR, most sensitive first
-            for note in record.notes:
-                stdout.print(f"{record.pass_.name}: {escape(note)}")
-    return 0
-
-
-def _dump_source(args) -> int:
-    """dump --source: compile (default pipeline unless --pipeline) and print the generated code."""
-    import slimgraph
-    from slimgraph.codegen.build import generated_source
-
-    compiled = slimgraph.compile(args.model, target=args.target, pipeline=args.pipeline or "default",
-                                 plugins=args.plugin, check=False, calibration_data=args.calib,
-                                 instruments=_instrument_options(args))
-    from slimgraph.codegen.targets import resolve_target
-
-    sys.stdout.write(generated_source(compiled.executable, resolve_target(args.target), args.source) + "\n")
-    notes = compiled.report.lowering_notes
-    stderr.print(f"{compiled.metadata['model']} for {compiled.metadata['target']['name']}: "
-                 f"{len(compiled.report.kernels)} kernels", markup=False)
-    for note in notes:
-        stderr.print(f"  {note}", markup=False)
     return 0
 
 
@@ -243,25 +162,6 @@ def _models(args) -> int:
     return 0
 
 
-def _add_pass_options(parser: argparse.ArgumentParser, default_pipeline: str | None) -> None:
-    group = parser.add_argument_group("rewrite passes (also: SLIMGRAPH_PASS_DEBUG=print-ir-after-change,...)")
-    shown = default_pipeline or "none; 'default' with --source"
-    group.add_argument("--pipeline", default=default_pipeline,
-                       help=f"passes to run, e.g. 'fold-bn,fuse{{parallel=false}}' (default: {shown})")
-    group.add_argument("--plugin", action="append", default=[], help="a .py file that registers passes (repeatable)")
-    group.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass")
-    group.add_argument("--print-ir-after-change", action="store_true",
-                       help="print a diff of the IR after each pass that changed it")
-    group.add_argument("--print-ir-before", action="append", default=[], metavar="PASS",
-                       help="print the IR before PASS (repeatable)")
-    group.add_argument("--verify-each", action="store_true", help="run the verifier after every pass")
-    group.add_argument("--check-numerics", action="store_true",
-                       help="compare outputs after every pass with those before it")
-    group.add_argument("--timing", action="store_true", help="print a table of time and statistics per pass")
-    group.add_argument("--trace-rule", action="append", default=[], metavar="RULE",
-                       help="print why RULE did or did not fire at each candidate ('*' for all)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slimgraph", description="Compile deep-learning models with slimgraph.")
     parser.add_argument("--traceback", action="store_true", help="show Python tracebacks on errors")
@@ -271,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("model", nargs="?", help="built-in name, model.onnx, dump.ir or file.py:factory "
                                                    "(default: the built-in default model)")
     compile_.add_argument("--target", default="x86", help="preset (x86) or TVM target JSON / .json file")
-    _add_pass_options(compile_, default_pipeline="default")
+    add_pass_options(compile_, default_pipeline="default")
     compile_.add_argument("-o", "--output", help="library path (default: out/MODEL-TARGET.so)")
     compile_.add_argument("--dump-dir", help="write one IR file per pass and the Relax module before/after "
                                              "optimization here")
@@ -283,20 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_tuning_options(compile_, "--tune", default_trials=0)
     compile_.set_defaults(handler=_compile)
 
-    dump = commands.add_parser("dump", help="print a model's IR text and statistics")
-    dump.add_argument("model", help="built-in name, model.onnx, dump.ir or file.py:factory")
-    dump.add_argument("-o", "--output", help="save the IR (.ir + .safetensors) instead of printing it")
-    dump.add_argument("--stats", action="store_true",
-                      help="also list the heaviest nodes by MACs and the passes' notes (quantize: per-layer SQNR)")
-    dump.add_argument("--dump-dir", help="write one IR file per pass here")
-    dump.add_argument("--calib", help="calibration data for the quantize pass (.npz or a folder of them)")
-    dump.add_argument("--source", nargs="?", const="auto", choices=["auto", "cuda", "asm", "ll"],
-                      help="compile and print the generated code instead of the IR: CUDA C for a CUDA target, "
-                           "else assembly (asm) or LLVM IR (ll); the pipeline defaults to 'default' here")
-    dump.add_argument("--target", default="x86", help="target for --source: x86, arm64, arm64-dotprod, cuda, "
-                                                      "cuda:sm_XX or TVM target JSON")
-    _add_pass_options(dump, default_pipeline=None)
-    dump.set_defaults(handler=_dump)
+    add_dump_parser(commands)
 
     run = commands.add_parser("run", help="run a compiled library on random or given inputs")
     run.add_argument("library", help="a .so written by slimgraph compile")
@@ -309,9 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     passes.add_argument("--plugin", action="append", default=[], help="a .py file that registers passes")
     passes.set_defaults(handler=_passes)
 
-    add_bench_parser(commands, _add_pass_options)
+    add_bench_parser(commands, add_pass_options)
     add_demo_parser(commands)
-    add_tune_parser(commands, _add_pass_options)
+    add_tune_parser(commands, add_pass_options)
 
     models = commands.add_parser("models", help="list the built-in reference models")
     models.set_defaults(handler=_models)

@@ -179,16 +179,16 @@ class CompiledModel:
             from slimgraph.codegen.aarch64 import cross_compiler
 
             options["cc"] = cross_compiler()
-        verify = None
-        if self.metadata["target"].get("device") == "cuda":
-            from slimgraph.codegen.cuda import check_device_binary
-
-            def verify(library):
-                check_device_binary(library, self.metadata["target"]["config"].get("arch"))
+        verify = self._check_device_binary if self.metadata["target"].get("device") == "cuda" else None
         paths = write_artifact(self._executable, metadata, output, verify=verify, **options)
         if self._library is None:
             self._library = paths[0]
         return paths
+
+    def _check_device_binary(self, library: Path) -> None:
+        from slimgraph.codegen.cuda import check_device_binary
+
+        check_device_binary(library, self.metadata["target"]["config"].get("arch"))
 
     def __repr__(self) -> str:
         ins = ", ".join(f"{s.name}: {s}" for s in self.inputs)

@@ -2,6 +2,7 @@
 of devices; the search measures its candidates there, and the database it fills builds a library
 that runs. Also the one-line errors for a bad --rpc, an unreachable tracker and an unknown key."""
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -92,3 +93,26 @@ def test_bad_rpc_options_are_one_line_errors(farm, capsys):
     code, _, err = run_cli(capsys, "compile", "digit_cnn", "--rpc", f"127.0.0.1:{device.port}",
                            "--device-key", KEY, "--quiet")
     assert code == 1 and "give --tune TRIALS too" in err
+
+
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None, reason="needs g++-aarch64-linux-gnu")
+def test_aarch64_candidates_are_linked_by_the_cross_compiler(tmp_path):
+    """What a device farm of ARM boards is sent: a shared library for aarch64, no .tar to link there."""
+    import tvm
+    from tvm import te
+
+    from slimgraph.codegen.rpc import export_for_aarch64
+
+    a = te.placeholder((16,), "float32", name="a")
+    add_one = te.create_prim_func([a, te.compute((16,), lambda i: a[i] + 1.0, name="b")])
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]})
+    path = export_for_aarch64(tvm.compile(tvm.IRModule({"main": add_one}), target=target))
+    header = open(path, "rb").read(20)
+    assert path.endswith(".so") and header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183
+
+
+def test_tuning_needs_a_device_to_measure_on(capsys):
+    code, _, err = run_cli(capsys, "compile", "digit_cnn", "--target", "arm64", "--tune", "2", "--quiet")
+    assert code == 1 and "aarch64 target measures on the devices: give --rpc HOST:PORT" in err
+    code, _, err = run_cli(capsys, "compile", "digit_cnn", "--target", "cuda", "--tune", "2", "--quiet")
+    assert code == 1 and "tuning for cuda is not built yet" in err
