@@ -134,7 +134,7 @@ def resolve_target(target: str | dict | TargetSpec) -> TargetSpec:
             return _from_json(json.loads(path.read_text()), str(path))
         except json.JSONDecodeError as exc:
             raise TargetError(f"target file '{path}' is malformed JSON: {exc.msg} at line {exc.lineno}") from exc
-    known = ", ".join([*sorted(PRESETS), "cuda:sm_XX"])
+    known = ", ".join(sorted(PRESETS)).replace("cuda", "cuda (or cuda:sm_XX)")
     raise TargetError(f"unknown target '{text}'; presets: {known}, or a TVM target JSON object / .json file")
 
 

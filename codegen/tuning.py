@@ -115,7 +115,8 @@ def _measure(builder, runner, workloads: dict, target) -> dict[str, float]:
     names = list(workloads)
     built = builder.build([ms.builder.BuilderInput(workloads[n], target) for n in names])
     ready = [(n, b) for n, b in zip(names, built) if b.error_msg is None]
-    futures = runner.run([ms.runner.RunnerInput(b.artifact_path, target.kind.name,
+    device_type = "cuda" if target.kind.name == "cuda" else "cpu"
+    futures = runner.run([ms.runner.RunnerInput(b.artifact_path, device_type,
                                                 ms.arg_info.ArgInfo.from_prim_func(workloads[n]["main"]))
                           for n, b in ready])
     seconds = {}

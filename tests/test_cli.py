@@ -93,7 +93,7 @@ def test_unwritable_output_path(tmp_path, capsys, where):
 
 def test_bad_target(capsys, tmp_path):
     code, _, err = run_cli(capsys, "compile", "digit_cnn", "--target", "x87", "-o", str(tmp_path / "m.so"))
-    assert_one_line_error(code, err, "unknown target 'x87'; presets: arm64, arm64-dotprod, x86")
+    assert_one_line_error(code, err, "unknown target 'x87'; presets: arm64, arm64-dotprod, cuda (or cuda:sm_XX), x86")
     code, _, err = run_cli(capsys, "compile", "digit_cnn", "--target", '{"kind": "llvm",', "-o", str(tmp_path / "m.so"))
     assert_one_line_error(code, err, "target JSON is malformed")
     code, _, err = run_cli(capsys, "compile", "digit_cnn", "--target", '{"kind": "llvm", "bogus": 1}', "-o", str(tmp_path / "m.so"))

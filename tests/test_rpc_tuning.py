@@ -71,6 +71,7 @@ def test_tuning_through_the_tracker_fills_a_database_that_builds(farm, tmp_path,
     assert code == 0, err
     records = [json.loads(line) for line in (database / "database_tuning_record.json").read_text().splitlines()]
     assert len(records) >= 2 and all(record[1][1] for record in records[:2])  # measured seconds came back
+    assert "rules (us)" in out  # the rule schedule was measured on the servers too
     served = "".join(log.read_text() for log in logs)
     assert "connected from" in served or "connection from" in served, served[-2000:]
     compiled = slimgraph.compile(f"{factory}:mlp", tuning=TuningOptions(database=database))
