@@ -18,6 +18,7 @@ from rich.table import Table
 from slimgraph.cli_bench import add_bench_parser
 from slimgraph.cli_dump import add_dump_parser
 from slimgraph.cli_options import add_pass_options, instrument_options
+from slimgraph.cli_report import add_report_options, add_report_parser, report_dump_dir, write_compile_report
 from slimgraph.cli_demo import add_demo_parser
 from slimgraph.cli_tune import add_tune_parser, add_tuning_options, print_tuning_summary, tuning_options
 from slimgraph.ir.errors import SlimgraphError
@@ -39,11 +40,13 @@ def _compile(args) -> int:
         Path("out").mkdir(exist_ok=True)
         slug = args.target.replace(":", "-") if re.fullmatch(r"[\w:-]+", args.target) else "custom"
         output = Path("out") / f"{stem}-{slug}.so"
-    with tuning_options(args, args.quiet) as tuning:
+    with tuning_options(args, args.quiet) as tuning, report_dump_dir(args) as dump_dir:
         compiled = slimgraph.compile(model, target=args.target, pipeline=args.pipeline, output=output,
-                                     dump_dir=args.dump_dir, instruments=instrument_options(args),
+                                     dump_dir=dump_dir, instruments=instrument_options(args),
                                      plugins=args.plugin, check=not args.no_check, bench_runs=args.runs,
                                      verbose=not args.quiet, tuning=tuning, calibration_data=args.calib)
+        if args.report:
+            write_compile_report(args, model, compiled, dump_dir)
     library, meta = artifact_paths(output)
     report = compiled.report
     table = Table(title=f"slimgraph compile: {compiled.metadata['model']}", show_header=False)
@@ -181,9 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--no-check", action="store_true", help="skip the comparison against the reference")
     compile_.add_argument("--quiet", action="store_true", help="no progress output")
     add_tuning_options(compile_, "--tune", default_trials=0)
+    add_report_options(compile_)
     compile_.set_defaults(handler=_compile)
 
     add_dump_parser(commands)
+    add_report_parser(commands)
 
     run = commands.add_parser("run", help="run a compiled library on random or given inputs")
     run.add_argument("library", help="a .so written by slimgraph compile")

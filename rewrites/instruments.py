@@ -174,6 +174,7 @@ class CheckNumerics(Instrument):
         _, from_original = compare_outputs(self.original, outputs)
         self.results[record.label] = {"vs_previous": worst, "vs_original": from_original}
         record.stats["max_abs_diff"] = worst
+        record.stats["max_abs_diff_vs_original"] = from_original
         if record.pass_.lossy:  # quantization error is the point: report its size, do not fail
             record.stats["sqnr_db"] = round(output_sqnr_db(self.previous, outputs), 1)
         elif failure:
