@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from slimgraph.cli_bench import add_bench_parser
-from slimgraph.cli_dump import add_dump_parser
+from slimgraph.cli_dump import add_dump_parser, add_export_parser
 from slimgraph.cli_options import add_pass_options, instrument_options
 from slimgraph.cli_report import add_report_options, add_report_parser, report_dump_dir, write_compile_report
 from slimgraph.cli_demo import add_demo_parser
@@ -189,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_dump_parser(commands)
     add_report_parser(commands)
+    add_export_parser(commands)
 
     run = commands.add_parser("run", help="run a compiled library on random or given inputs")
     run.add_argument("library", help="a .so written by slimgraph compile")

@@ -102,3 +102,42 @@ def add_dump_parser(commands) -> None:
                                                       "cuda:sm_XX or TVM target JSON")
     add_pass_options(dump, default_pipeline=None)
     dump.set_defaults(handler=_dump)
+
+
+def _export_onnx(args) -> int:
+    """export-onnx: the graph after the first --stage passes of --pipeline (all of them by default)."""
+    from slimgraph.calibration_io import calibration_scope
+    from slimgraph.ir.errors import SlimgraphError
+    from slimgraph.model_source import load_model
+    from slimgraph.onnx_export import export_onnx
+    from slimgraph.rewrites import PassManager, load_plugin, parse_pipeline
+    from slimgraph.rewrites.pipeline import Pipeline
+
+    for plugin in args.plugin:
+        load_plugin(plugin)
+    pipeline = parse_pipeline(args.pipeline)
+    stage = len(pipeline) if args.stage is None else args.stage
+    if not 0 <= stage <= len(pipeline):
+        raise SlimgraphError(f"--stage {stage} is outside 0..{len(pipeline)} (pipeline '{pipeline}' has "
+                             f"{len(pipeline)} passes; 0 is the imported graph)")
+    loaded = load_model(args.model)
+    graph = loaded.graph
+    if stage:
+        with calibration_scope(args.calib, graph.input_specs(), loaded.example_inputs):
+            graph = PassManager(Pipeline(pipeline.passes[:stage])).run(graph).graph
+    output = args.output or f"{graph.name}-stage{stage}.onnx"
+    path = export_onnx(graph, output)
+    done = ", ".join(p.name for p in pipeline.passes[:stage]) or "none"
+    stdout.print(f"wrote {path} ({path.stat().st_size / 1024:,.0f} KiB): '{graph.name}' after {done}", markup=False)
+    return 0
+
+
+def add_export_parser(commands) -> None:
+    parser = commands.add_parser("export-onnx", help="write the IR after some passes as ONNX (Netron, Model Explorer)")
+    parser.add_argument("model", help="built-in name, model.onnx, a stage's .ir (from --dump-dir) or file.py:factory")
+    parser.add_argument("-o", "--output", help="the .onnx file (default: MODEL-stageN.onnx)")
+    parser.add_argument("--pipeline", default="none", help="passes to run first (default: none)")
+    parser.add_argument("--stage", type=int, help="run only the first STAGE passes of --pipeline (0: as imported)")
+    parser.add_argument("--calib", help="calibration data for a quantize pass (.npz or a folder of them)")
+    parser.add_argument("--plugin", action="append", default=[], help="a .py file that registers passes")
+    parser.set_defaults(handler=_export_onnx)

@@ -1,0 +1,70 @@
+"""export-onnx: every stage of a pipeline written as ONNX passes onnx.checker and gives the stage's own
+outputs in ONNX Runtime; a quantized stage keeps its Q/DQ nodes; a realized stage is refused by name."""
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from slimgraph.calibration_io import calibration_scope
+from slimgraph.onnx_export import ExportError, export_onnx
+from slimgraph.rewrites import PassManager, parse_pipeline
+from slimgraph.rewrites.instruments import output_sqnr_db
+from slimgraph.rewrites.pipeline import Pipeline
+
+from .conftest import imported_model
+from .test_cli import assert_one_line_error, run_cli
+
+
+def stages(name: str, pipeline: str):
+    module, inputs, graph = imported_model(name)
+    passes = parse_pipeline(pipeline)
+    yield 0, graph
+    with calibration_scope(None, graph.input_specs(), inputs):
+        for count in range(1, len(passes) + 1):
+            yield count, PassManager(Pipeline(passes.passes[:count])).run(graph).graph
+
+
+def run_onnx(path, graph):
+    inputs = graph.example_inputs(seed=3)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {i.name: x.numpy() for i, x in zip(session.get_inputs(), inputs)}
+    return session.run(None, feed), [t.numpy() for t in graph.run(*inputs)]
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "bert_encoder"])
+def test_every_stage_of_the_default_pipeline_matches_in_onnx_runtime(name, tmp_path):
+    for stage, graph in stages(name, "default"):
+        path = export_onnx(graph, tmp_path / f"{name}-{stage}.onnx")
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model, full_check=True)
+        assert [i.name for i in model.graph.input] == [n for n, _, _ in graph.input_specs()]
+        got, expected = run_onnx(path, graph)
+        for g, e in zip(got, expected):
+            np.testing.assert_allclose(g, e, atol=1e-4, rtol=1e-4, err_msg=f"{name} stage {stage}")
+
+
+def test_a_quantized_stage_keeps_its_quantize_nodes(tmp_path):
+    *_, (_, graph) = stages("digit_cnn", "fold-bn,fold-constants,quantize")
+    path = export_onnx(graph, tmp_path / "q.onnx")
+    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    assert ops.count("QuantizeLinear") >= 4 and ops.count("DequantizeLinear") >= 8  # activations and weights
+    got, expected = run_onnx(path, graph)
+    assert output_sqnr_db([torch.from_numpy(e) for e in expected], [torch.from_numpy(g) for g in got]) > 40
+
+
+def test_a_realized_stage_is_refused_by_name(tmp_path):
+    *_, (_, graph) = stages("digit_cnn", "int8")
+    with pytest.raises(ExportError, match=r"node %\w+ \(slimgraph::q(conv2d|linear)\) has no ONNX form"):
+        export_onnx(graph, tmp_path / "r.onnx")
+    assert not list(tmp_path.iterdir())
+
+
+def test_export_onnx_command(tmp_path, capsys):
+    out = tmp_path / "fold-bn.onnx"
+    code, stdout, err = run_cli(capsys, "export-onnx", "digit_cnn", "--pipeline", "default", "--stage", "1",
+                                "-o", str(out))
+    assert code == 0, err
+    assert "after fold-bn" in stdout and "BatchNormalization" not in {n.op_type for n in onnx.load(str(out)).graph.node}
+    code, _, err = run_cli(capsys, "export-onnx", "digit_cnn", "--pipeline", "default", "--stage", "7")
+    assert_one_line_error(code, err, "--stage 7 is outside 0..3")
