@@ -4,7 +4,8 @@ Read from the IR text (docs/ir.md), one node a line. Parameters are left out of 
 (they are counted in the timeline). Against the stage before, a node is *added* (green) when
 its name is new, *changed* (amber) when its line differs (op, operands, attributes, shape, or the passes in its
 provenance: fold-bn rewrites a conv's weights in place and says so there);
-removed nodes are listed under the picture. Hovering a node shows its IR line and provenance.
+removed nodes are drawn as dashed red ghosts wired to their inputs that survived (and listed
+under the picture). Hovering a node shows its IR line and provenance.
 Nodes of one fused region sit in one dashed box. A graph with more than COLLAPSE_ABOVE ops is
 drawn one box per module (two levels of the module path, e.g. `layer1.0`), so a ResNet-18
 still reads at a glance; a box is marked when any node inside it was added or changed.
@@ -24,7 +25,7 @@ MODULE_DEPTH = 2
 LINE = re.compile(r"^\s*%(?P<name>[\w.]+) = (?P<op>[\w.:]+)\((?P<args>.*?)\)(?: : (?P<type>[^ ]+))?(?P<rest>.*)$")
 REGION = re.compile(r"region\((\d+)\)")
 LOC = re.compile(r'loc\("([^"]*)"')
-COLORS = {"added": "#b7f0b1", "changed": "#ffd98a", "same": "#ffffff"}
+COLORS = {"added": "#b7f0b1", "changed": "#ffd98a", "removed": "#f6c1c1", "same": "#ffffff"}
 
 
 class ReportError(SlimgraphError):
@@ -99,8 +100,20 @@ def _node_dot(node: IrNode, state: str) -> str:
     return f'  "{node.name}" [{_attrs(label=label, tooltip=tooltip, fillcolor=COLORS[state], shape=shape)}];'
 
 
-def _full_dot(picture: IrPicture, status: dict[str, str]) -> list[str]:
-    lines, regions = [], {}
+def _ghost_dot(ghosts: list[IrNode], picture: IrPicture) -> list[str]:
+    lines = []
+    for node in ghosts:
+        tooltip = _escape(f"removed: {node.line}\nfrom: {node.source or '-'}")
+        label = f"{node.name}\\n{_short_op(node.op)}"
+        style = _attrs(label=label, tooltip=tooltip, fillcolor=COLORS["removed"], style="filled,dashed", shape="box",
+                       fontcolor="#8a1c1c")
+        lines.append(f'  "{node.name}" [{style}];')
+        lines += [f'  "{i}" -> "{node.name}" [style=dashed, color="#d48a8a"];' for i in node.inputs if i in picture.nodes]
+    return lines
+
+
+def _full_dot(picture: IrPicture, status: dict[str, str], ghosts: list[IrNode]) -> list[str]:
+    lines, regions = _ghost_dot(ghosts, picture), {}
     for node in picture.nodes.values():
         if node.region is not None:
             regions.setdefault(node.region, []).append(node)
@@ -149,13 +162,14 @@ def _collapsed_dot(picture: IrPicture, status: dict[str, str]) -> list[str]:
     return lines
 
 
-def render_svg(picture: IrPicture, status: dict[str, str], title: str) -> str:
-    """The stage's graph as inline SVG (no XML prolog), drawn by Graphviz's dot."""
+def render_svg(picture: IrPicture, status: dict[str, str], title: str, removed: list[IrNode] = ()) -> str:
+    """The stage's graph as inline SVG (no XML prolog), drawn by Graphviz's dot; `removed` (nodes of
+    the stage before) are drawn as ghosts when the graph is drawn node by node."""
     dot = shutil.which("dot")
     if dot is None:
         raise ReportError("the report draws graphs with Graphviz: install Debian's graphviz (apt-get install graphviz)")
     collapsed = len(picture.nodes) > COLLAPSE_ABOVE
-    body = _collapsed_dot(picture, status) if collapsed else _full_dot(picture, status)
+    body = _collapsed_dot(picture, status) if collapsed else _full_dot(picture, status, list(removed))
     source = "\n".join([
         "digraph G {", f'  graph [{_attrs(rankdir="TB", tooltip=_escape(title), nodesep="0.2", ranksep="0.25")}];',
         '  node [style="filled,rounded", fontname="Helvetica", fontsize=10, color="#5b6472", penwidth=0.8];',

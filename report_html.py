@@ -114,11 +114,13 @@ def _stage_section(index: int, stage, previous, pass_info: dict | None) -> str:
                          f"<ul class='notes'>{items}</ul></details>")
             parts.append(_sqnr_chart(notes))
     if modified:
-        status, removed = diff(parse_ir_text(previous.text) if previous is not None else None, picture)
+        before = parse_ir_text(previous.text) if previous is not None else None
+        status, removed = diff(before, picture)
         counts = {k: sum(1 for v in status.values() if v == k) for k in ("added", "changed")}
         parts.append(f"<p class='meta'>{len(picture.nodes)} nodes drawn; {counts['added']} added, "
                      f"{counts['changed']} changed, {len(removed)} removed. {legend_html()}</p>")
-        parts.append(f"<div class='graph'>{render_svg(picture, status, f'{stage.label} {title}')}</div>")
+        ghosts = [before.nodes[name] for name in removed] if before is not None else []
+        parts.append(f"<div class='graph'>{render_svg(picture, status, f'{stage.label} {title}', ghosts)}</div>")
         if removed:
             parts.append(f"<p class='meta'>removed: {_e(', '.join('%' + r for r in removed[:60]))}"
                          f"{' ...' if len(removed) > 60 else ''}</p>")
