@@ -3,9 +3,15 @@
 The stage runs in PyTorch (`Graph.module()`), so torch.onnx's exporter (TorchScript path, opset
 17) writes it; slimgraph's quantize / dequantize ops become ONNX QuantizeLinear /
 DequantizeLinear (per tensor, or per axis), with a Clip when the op's integer range is
-narrower than its dtype's. The integer ops of `realize` (qconv2d / qlinear) have no one-node
-ONNX form here yet: such a stage is refused with the op named (export the stage before
-`realize`).
+narrower than its dtype's. The integer ops of `realize` become the same arithmetic in
+standard ONNX (ir/quant_ops.py states it):
+
+    qconv2d -> ConvInteger(x, w, x_zero_point) + bias        (int32 accumulator, exact)
+    qlinear -> MatMulInteger(x, w^T, x_zero_point) + bias
+            -> Cast(float32) * scale[o] -> Clip                 (float32 output)
+            -> Round (half to even) + out_zero_point -> Clip -> Cast(uint8 / int8)
+
+so ONNX Runtime reproduces the reference kernels value for value.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from slimgraph.ir.errors import SlimgraphError
 
 OPSET = 17
 EXPORTABLE_SLIMGRAPH_OPS = {"quantize_per_tensor", "dequantize_per_tensor", "quantize_per_channel",
-                            "dequantize_per_channel"}
+                            "dequantize_per_channel", "qconv2d", "qlinear"}
 DTYPE_RANGE = {"int8": (-128, 127), "uint8": (0, 255)}
 
 
@@ -63,8 +69,34 @@ def _symbolics():
         return g.op("DequantizeLinear", q, g.op("Cast", scales, to_i=1), g.op("Cast", zero_points, to_i=onnx_type),
                     axis_i=axis)
 
+    def requantize(g, acc, bias, scale, out_zero_point, out_min, out_max, out_dtype, per_channel_shape):
+        acc = g.op("Add", acc, g.op("Reshape", bias, constant(g, per_channel_shape, torch.int64)))
+        if out_dtype == "int32":
+            return acc
+        scale = g.op("Reshape", g.op("Cast", scale, to_i=1), constant(g, per_channel_shape, torch.int64))
+        scaled = g.op("Mul", g.op("Cast", acc, to_i=1), scale)
+        low, high = constant(g, out_min, torch.float32), constant(g, out_max, torch.float32)
+        if out_dtype == "float32":
+            return g.op("Clip", scaled, low, high)
+        shifted = g.op("Add", g.op("Round", scaled), constant(g, float(out_zero_point), torch.float32))
+        return g.op("Cast", g.op("Clip", shifted, low, high), to_i={"int8": 3, "uint8": 2}[out_dtype])
+
+    @helper.parse_args("v", "v", "v", "v", "i", "i", "is", "is", "is", "i", "f", "f", "s")
+    def qconv2d(g, x, weight, bias, scale, x_zero_point, out_zero_point, stride, padding, dilation, groups,
+                out_min, out_max, out_dtype):
+        acc = g.op("ConvInteger", x, weight, constant(g, x_zero_point, x.type().dtype()), strides_i=stride,
+                   pads_i=list(padding) * 2, dilations_i=dilation, group_i=groups)
+        return requantize(g, acc, bias, scale, out_zero_point, out_min, out_max, out_dtype, [1, -1, 1, 1])
+
+    @helper.parse_args("v", "v", "v", "v", "i", "i", "f", "f", "s")
+    def qlinear(g, x, weight, bias, scale, x_zero_point, out_zero_point, out_min, out_max, out_dtype):
+        acc = g.op("MatMulInteger", x, g.op("Transpose", weight, perm_i=[1, 0]),
+                   constant(g, x_zero_point, x.type().dtype()))
+        return requantize(g, acc, bias, scale, out_zero_point, out_min, out_max, out_dtype, [-1])
+
     return {"quantize_per_tensor": quantize_per_tensor, "dequantize_per_tensor": dequantize_per_tensor,
-            "quantize_per_channel": quantize_per_channel, "dequantize_per_channel": dequantize_per_channel}
+            "quantize_per_channel": quantize_per_channel, "dequantize_per_channel": dequantize_per_channel,
+            "qconv2d": qconv2d, "qlinear": qlinear}
 
 
 def _register_symbolics() -> None:
@@ -79,8 +111,7 @@ def _check_exportable(graph: ir.Graph) -> None:
         qualified = str(getattr(node.target, "_schema", "") and node.target._schema.name)
         if qualified.startswith("slimgraph::") and qualified.split("::")[1] not in EXPORTABLE_SLIMGRAPH_OPS:
             raise ExportError(f"graph '{graph.name}': node %{node.name} ({qualified}) has no ONNX form in "
-                              f"slimgraph yet; export the stage before 'realize' (e.g. --pipeline with 'quantize' "
-                              f"last)")
+                              f"slimgraph's exporter yet; export a stage before the pass that made it")
 
 
 def export_onnx(graph: ir.Graph, output: str | os.PathLike) -> Path:

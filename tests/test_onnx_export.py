@@ -1,5 +1,6 @@
 """export-onnx: every stage of a pipeline written as ONNX passes onnx.checker and gives the stage's own
-outputs in ONNX Runtime; a quantized stage keeps its Q/DQ nodes; a realized stage is refused by name."""
+outputs in ONNX Runtime; a quantized stage keeps its Q/DQ nodes; a realized stage becomes ConvInteger /
+MatMulInteger with the requantization spelled out."""
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from slimgraph.calibration_io import calibration_scope
-from slimgraph.onnx_export import ExportError, export_onnx
+from slimgraph.onnx_export import export_onnx
 from slimgraph.rewrites import PassManager, parse_pipeline
 from slimgraph.rewrites.instruments import output_sqnr_db
 from slimgraph.rewrites.pipeline import Pipeline
@@ -53,11 +54,18 @@ def test_a_quantized_stage_keeps_its_quantize_nodes(tmp_path):
     assert output_sqnr_db([torch.from_numpy(e) for e in expected], [torch.from_numpy(g) for g in got]) > 40
 
 
-def test_a_realized_stage_is_refused_by_name(tmp_path):
-    *_, (_, graph) = stages("digit_cnn", "int8")
-    with pytest.raises(ExportError, match=r"node %\w+ \(slimgraph::q(conv2d|linear)\) has no ONNX form"):
-        export_onnx(graph, tmp_path / "r.onnx")
-    assert not list(tmp_path.iterdir())
+@pytest.mark.parametrize("name", ["digit_cnn", "mobilenet_v2"])
+def test_a_realized_stage_is_integer_onnx_with_the_same_outputs(name, tmp_path):
+    *_, (_, graph) = stages(name, "int8")
+    path = export_onnx(graph, tmp_path / "r.onnx")
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert {"ConvInteger", "Round"} <= ops and "Conv" not in ops
+    got, expected = run_onnx(path, graph)
+    if name == "digit_cnn":  # integer ops only between input and output quantization: exact
+        for g, e in zip(got, expected):
+            np.testing.assert_array_equal(g, e)
+    else:  # float ops between the integer layers (residual adds) may round one step apart
+        assert output_sqnr_db([torch.from_numpy(e) for e in expected], [torch.from_numpy(g) for g in got]) > 45
 
 
 def test_export_onnx_command(tmp_path, capsys):
