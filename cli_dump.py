@@ -38,7 +38,7 @@ def _dump(args) -> int:
 
         with trace_rules(set(options.trace_rule)), \
                 calibration_scope(args.calib, graph.input_specs(), loaded.example_inputs), \
-                channel_multiple_from(lambda: measured_multiple(resolve_target("x86"))):
+                channel_multiple_from(lambda: measured_multiple(resolve_target(args.target))):
             result = PassManager(pipeline, options.build(inputs=loaded.example_inputs),
                                  repro_dir=options.dump_dir).run(graph)
             graph, records = result.graph, result.records
@@ -98,8 +98,8 @@ def add_dump_parser(commands) -> None:
     dump.add_argument("--source", nargs="?", const="auto", choices=["auto", "cuda", "asm", "ll"],
                       help="compile and print the generated code instead of the IR: CUDA C for a CUDA target, "
                            "else assembly (asm) or LLVM IR (ll); the pipeline defaults to 'default' here")
-    dump.add_argument("--target", default="x86", help="target for --source: x86, arm64, arm64-dotprod, cuda, "
-                                                      "cuda:sm_XX or TVM target JSON")
+    dump.add_argument("--target", default="x86", help="target for --source and for prune's channel rounding: x86, "
+                                                      "arm64, arm64-dotprod, cuda, cuda:sm_XX or TVM target JSON")
     add_pass_options(dump, default_pipeline=None)
     dump.set_defaults(handler=_dump)
 
