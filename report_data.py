@@ -28,7 +28,7 @@ def _plain(value):
 def write_report_json(folder: Path, compiled, baseline_latency: dict | None = None) -> Path:
     """Record a finished compile for the report (called by the CLI after `compile`)."""
     report, metadata = compiled.report, compiled.metadata
-    library = compiled.library_file() if compiled.runnable or metadata["target"].get("device") == "cuda" else None
+    library = compiled.library_file()
     data = {
         "model": metadata["model"], "source": metadata["source"], "pipeline": metadata["pipeline"],
         "target": metadata["target"],

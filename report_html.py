@@ -151,7 +151,9 @@ def _library(info: dict) -> str:
         pipeline = info["pipeline"] or "none"
         bars.append((f"pipeline {pipeline if len(pipeline) <= 24 else pipeline[:22] + '..'}",
                      info["latency"]["median_ms"]))
-    chart = f"<h3>latency (median, ms)</h3>{bar_chart(bars, 'ms')}" if bars else ""
+    emulated = " under qemu-aarch64: the emulator's time, not the device's" if (info.get("latency") or {}).get(
+        "emulated") else ""
+    chart = f"<h3>latency (median, ms{emulated})</h3>{bar_chart(bars, 'ms')}" if bars else ""
     notes = "".join(f"<li>{_e(n)}</li>" for n in build.get("lowering_notes", []))
     notes = f"<details><summary>lowering notes ({len(build.get('lowering_notes', []))})</summary><ul class='notes'>" \
             f"{notes}</ul></details>" if notes else ""
