@@ -45,7 +45,7 @@ def write_compile_report(args, model, compiled, dump_dir: str) -> None:
                                   plugins=args.plugin, verbose=not args.quiet)
         baseline = plain.report.latency
     write_report_json(Path(dump_dir), compiled, baseline)
-    path = write_report(dump_dir, args.report)
+    path = write_report(dump_dir, args.report, link_stages=bool(args.dump_dir))
     stderr.print(f"wrote the report {path} ({path.stat().st_size / 1024:,.0f} KiB)", markup=False)
 
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import html
+import os
 import re
 from pathlib import Path
 
@@ -98,7 +99,7 @@ def _sqnr_chart(notes: list[str]) -> str:
            f"{bar_chart(sorted(rows, key=lambda r: r[1])[:40], 'dB')}"
 
 
-def _stage_section(index: int, stage, previous, pass_info: dict | None) -> str:
+def _stage_section(index: int, stage, previous, pass_info: dict | None, link: str | None = None) -> str:
     picture = parse_ir_text(stage.text)
     title = "imported graph" if pass_info is None else f"after {pass_info['name']}"
     parts = [f"<section class='pass' id='pass-{_e(stage.label)}'><h2>{_e(stage.label)}: {_e(title)}</h2>"]
@@ -124,7 +125,9 @@ def _stage_section(index: int, stage, previous, pass_info: dict | None) -> str:
         if removed:
             parts.append(f"<p class='meta'>removed: {_e(', '.join('%' + r for r in removed[:60]))}"
                          f"{' ...' if len(removed) > 60 else ''}</p>")
-    parts.append(f"<details><summary>IR text ({stage.label}.ir)</summary><pre>{_e(stage.text)}</pre></details>")
+    file_link = f" <a href='{_e(link)}'>{_e(stage.label)}.ir</a>" if link else ""
+    parts.append(f"<p class='meta'>IR of this stage:{file_link}</p><details><summary>IR text ({stage.label}.ir)"
+                 f"</summary><pre>{_e(stage.text)}</pre></details>")
     return "".join(parts) + "</section>"
 
 
@@ -160,12 +163,16 @@ def _library(info: dict) -> str:
     return f"<h2 id='library'>Library</h2><table>{table}</table>{chart}{notes}"
 
 
-def render_report(data: ReportData) -> str:
+def render_report(data: ReportData, links_from: Path | None = None) -> str:
+    """The page; `links_from` (the report's folder) adds links to the stages' .ir files in the dump."""
     info = data.info
     by_label = {p["label"]: p for p in info["passes"]}
     sections, previous = [], None
     for index, stage in enumerate(data.stages):
-        sections.append(_stage_section(index, stage, previous, by_label.get(stage.label)))
+        link = None
+        if links_from is not None:
+            link = Path(os.path.relpath(data.folder / f"{stage.label}.ir", links_from)).as_posix()
+        sections.append(_stage_section(index, stage, previous, by_label.get(stage.label), link))
         previous = stage
     target = (info.get("target") or {}).get("name", "-")
     header = (f"<h1>slimgraph compile report: {_e(info['model'])}</h1><p class='meta'>source {_e(info.get('source', '-'))}"
@@ -185,14 +192,14 @@ def check_report_path(output: str | Path) -> Path:
     return output
 
 
-def write_report(dump_dir: str | Path, output: str | Path) -> Path:
-    """Render DUMP_DIR into one HTML file at `output`, written atomically."""
-    import os
+def write_report(dump_dir: str | Path, output: str | Path, link_stages: bool = True) -> Path:
+    """Render DUMP_DIR into one HTML file at `output`, written atomically; `link_stages` links each
+    stage to its .ir file (not for a dump folder that is deleted afterwards)."""
     import tempfile
 
     data = load_report_data(dump_dir)
     output = check_report_path(output)
-    page = render_report(data)
+    page = render_report(data, output.parent.resolve() if link_stages else None)
     descriptor, staged = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
     with os.fdopen(descriptor, "w") as handle:
         handle.write(page)

@@ -119,7 +119,7 @@ def resolve_target(target: str | dict | TargetSpec) -> TargetSpec:
     if text in PRESETS:
         return PRESETS[text]()
     if text.startswith("cuda:"):
-        return cuda(text.split(":", 1)[1])
+        return cuda(text.split(":", 1)[1].removeprefix("arch="))  # cuda:sm_80 or cuda:arch=sm_80
     if text.startswith("{"):
         try:
             config = json.loads(text)

@@ -92,6 +92,8 @@ def test_builtin_models_match_pytorch_on_the_gpu(name, tmp_path):
 def test_bad_cuda_targets_are_one_line_errors(capsys):
     with pytest.raises(SlimgraphError, match="'sm90' is not of the form sm_XX"):
         resolve_target("cuda:sm90")
+    assert resolve_target("cuda:arch=sm_86").config["arch"] == "sm_86"
+    assert resolve_target("cuda").config["arch"] == "sm_90" and resolve_target("cuda").name == "cuda"
     assert main(["compile", "digit_cnn", "--target", "cuda:ampere", "--quiet"]) == 1
     assert "'ampere' is not of the form sm_XX" in capsys.readouterr().err
 

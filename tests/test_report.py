@@ -91,6 +91,7 @@ def test_report_from_a_dump_folder_without_a_compile(tmp_path, capsys):
     text = (folder / "report.html").read_text()
     assert text.count("<section class='pass'") == 4 and "<svg" in text
     assert text.count('fill="#f6c1c1"') == 2  # fold-bn's two batch norms, drawn as removed ghosts
+    assert "<a href='001-fold-bn.ir'>" in text  # each stage links its IR file
 
 
 def test_graph_diff_marks_added_changed_and_removed():
