@@ -16,6 +16,7 @@ fatbins, so a build that fell back to host code or to source is caught, not ship
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 import shutil
 import struct
@@ -67,7 +68,7 @@ def _real_driver_present() -> bool:
 
 def _stub_driver() -> Path:
     """Build (once) the stand-in libcuda.so.1 into the cache directory."""
-    folder = _cache_dir()
+    folder = _cache_dir() / hashlib.sha256(STUB_SOURCE.encode()).hexdigest()[:12]  # a new stub, a new folder
     library = folder / "libcuda.so.1"
     if library.is_file():
         return library
@@ -95,8 +96,8 @@ def enable_cuda_codegen() -> str:
 
     nvcc = find_nvcc()
     if nvcc is None:
-        raise CudaError("CUDA targets need NVIDIA's nvcc (the CUDA toolkit) on PATH or in $CUDA_PATH/bin; "
-                        "install the CUDA toolkit, e.g. Debian's nvidia-cuda-toolkit")
+        raise CudaError("CUDA targets need NVIDIA's nvcc on PATH or in $CUDA_PATH/bin: install NVIDIA's CUDA "
+                        "toolkit 13.x (TVM's CUDA runtime links libcudart.so.13)")
     os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
     os.environ["PATH"] = f"{Path(nvcc).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     if "tvm_runtime_cuda" in _LOADED_LIBS:

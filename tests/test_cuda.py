@@ -100,7 +100,7 @@ def test_bad_cuda_targets_are_one_line_errors(capsys):
 
 def test_missing_nvcc_names_the_toolkit(monkeypatch):
     monkeypatch.setattr(cuda, "find_nvcc", lambda: None)
-    with pytest.raises(cuda.CudaError, match="need NVIDIA's nvcc .*CUDA toolkit"):
+    with pytest.raises(cuda.CudaError, match="need NVIDIA's nvcc .*CUDA toolkit 13"):
         slimgraph.compile("digit_cnn", target="cuda", check=False)
 
 
