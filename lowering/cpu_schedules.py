@@ -176,8 +176,13 @@ class Conv2dRule(dl.ScheduleRule):
 
 class ElementwiseRule(dl.ScheduleRule):
     """A kernel of injective blocks only (a quantize that no conv took as its epilogue, a lone
-    add): all but the last inlined, its loops fused and split into parallel chunks of
-    lanes-wide vectors, so a memory-bound pass runs at memory speed instead of one scalar loop."""
+    add): all but the last inlined; the innermost loop is the vector (whole, as one long vector
+    that LLVM splits into registers, when it is at most VECTOR_ROW_LANES x lanes, e.g. a 56- or
+    7-wide row; else split by the lanes when they divide it); the first two loops outside it
+    with more than one iteration fused and parallel. Vectors stay inside one row and at most two
+    loops are fused: fusing all loops and splitting by the lanes made the indices nested
+    divisions that TVM does not simplify, so each vector became a gather and sixteen byte
+    stores (a 64x56x56 quantize: 0.18 ms, now 0.01 ms)."""
 
     name = "elementwise"
 
@@ -196,17 +201,22 @@ class ElementwiseRule(dl.ScheduleRule):
         loops = sch.get_loops(infos[-1].block_rv)
         if not loops:
             return None
-        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-        extent, lanes = int(sch.get(fused).extent), vector_lanes(target)
-        outer = fused
-        if extent % lanes == 0:
-            outer, inner = sch.split(fused, [None, lanes])
-            sch.vectorize(inner)
-        if extent >= ELEMENTWISE_PARALLEL_MIN:
-            sch.parallel(outer)
+        lanes, extents = vector_lanes(target), [int(sch.get(loop).extent) for loop in loops]
+        total = 1
+        for extent in extents:
+            total *= extent
+        *outer_loops, row = loops
+        if extents[-1] <= VECTOR_ROW_LANES * lanes:
+            sch.vectorize(row)
+        elif extents[-1] % lanes == 0:
+            sch.vectorize(sch.split(row, [None, lanes])[1])
+        outer = [loop for loop, extent in zip(outer_loops, extents) if extent > 1][:2]
+        if outer and total >= ELEMENTWISE_PARALLEL_MIN:  # two loops fused: one div / mod, which TVM simplifies
+            sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
         return sch
 
 
+VECTOR_ROW_LANES = 4  # a row of up to 4 x lanes elements is one vector (LLVM splits it into registers)
 ELEMENTWISE_PARALLEL_MIN = 16384  # elements; below it a second thread costs more than it saves
 
 # First match wins. TVM's own CPU rules follow ours: GEMV (batch-1 dense) and reductions.

@@ -152,3 +152,20 @@ def test_stride2_depthwise_reads_a_parity_split_plane_with_a_branch_free_interio
     text = conv.script()
     assert "T.int64(2), T.int64(9)" in text  # pad_temp[1, 32, 17, 2, 9]: 17 columns split by parity
     assert "_partition" in text and "T.vectorized(T.int64(1), T.int64(8))" in text
+
+
+@pytest.mark.parametrize("shape", [(1, 64, 56, 56), (1, 512, 7, 7), (2, 3, 5, 100), (1, 3, 224, 224), (37,)])
+def test_elementwise_rule_keeps_vectors_inside_rows(shape):
+    """A standalone quantize (what a residual add leaves between integer convs) matches PyTorch's
+    rounding exactly, and its vectors load and store contiguous rows: no gathers, no byte scatters."""
+    from slimgraph.codegen.build import generated_source
+
+    builder = ir.GraphBuilder("quantize")
+    x = builder.input("x", shape, torch.float32)
+    builder.output(builder.call(torch.ops.slimgraph.quantize_per_tensor.default, x, 0.0125, 3, 0, 255, "uint8"))
+    graph = builder.build()
+    compiled = slimgraph.compile(graph, check=True, pipeline="none")
+    assert compiled.report.max_abs_diff == 0
+    assert compiled.report.lowering_notes == []  # scheduled by a rule
+    assembly = generated_source(compiled.executable, x86_host(), "asm")
+    assert "vgatherdps" not in assembly and "vpextrb" not in assembly
