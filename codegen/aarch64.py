@@ -26,6 +26,8 @@ import numpy as np
 
 from slimgraph.ir.errors import SlimgraphError
 
+from .cache import cache_dir
+
 CROSS_COMPILER = "aarch64-linux-gnu-g++"
 QEMU = "qemu-aarch64"
 SYSROOT = "/usr/aarch64-linux-gnu"  # where Debian's cross toolchain keeps the aarch64 libc
@@ -81,8 +83,7 @@ def _versions() -> dict[str, str]:
 
 
 def _cache_root() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "slimgraph" / "aarch64-runtime"
+    return cache_dir("aarch64-runtime")
 
 
 def runner_dir() -> Path:

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import statistics
 from pathlib import Path
 
 import torch
+
+from .cache import cache_dir
 
 CANDIDATES = (4, 8, 16, 32)
 WIDTHS = range(36, 65, 4)
@@ -30,8 +31,7 @@ TOLERANCE = 0.05
 
 
 def table_dir() -> Path:
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "slimgraph" / "channel-widths"
+    return cache_dir("channel-widths")
 
 
 def _conv_graph(width: int):

@@ -25,6 +25,8 @@ from pathlib import Path
 
 from slimgraph.ir.errors import SlimgraphError
 
+from .cache import cache_dir
+
 FATBIN_MAGIC = struct.pack("<I", 0xBA55ED50)  # the header of every fatbin (fatbinary.h)
 CUDA_SOURCE_MARK = b'extern "C" __global__'  # TVM's kernels in embedded CUDA source
 DRIVER_ENTRY_POINTS = ("cuDeviceGetName", "cuFuncSetAttribute", "cuLaunchKernelEx", "cuModuleGetFunction",
@@ -42,11 +44,6 @@ STUB_SOURCE = "\n".join([
 
 class CudaError(SlimgraphError):
     """A CUDA library cannot be built here (no CUDA compiler) or has no device binary."""
-
-
-def _cache_dir() -> Path:
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "slimgraph" / "cuda-stub"
 
 
 def find_nvcc() -> str | None:
@@ -68,7 +65,7 @@ def _real_driver_present() -> bool:
 
 def _stub_driver() -> Path:
     """Build (once) the stand-in libcuda.so.1 into the cache directory."""
-    folder = _cache_dir() / hashlib.sha256(STUB_SOURCE.encode()).hexdigest()[:12]  # a new stub, a new folder
+    folder = cache_dir("cuda-stub") / hashlib.sha256(STUB_SOURCE.encode()).hexdigest()[:12]  # new stub, new folder
     library = folder / "libcuda.so.1"
     if library.is_file():
         return library

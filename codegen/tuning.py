@@ -24,6 +24,7 @@ from typing import Callable
 from slimgraph.ir.errors import SlimgraphError
 from slimgraph.lowering.pipeline import kernel_calls
 
+from .cache import cache_dir
 from .rpc import RpcDevice, export_for_aarch64, rpc_runner
 
 BUILD_TIMEOUT_SECONDS = 300
@@ -37,8 +38,7 @@ def default_database_dir() -> Path:
     """$SLIMGRAPH_TUNING_DB, else $XDG_CACHE_HOME/slimgraph/tuning, else ~/.cache/slimgraph/tuning."""
     if os.environ.get("SLIMGRAPH_TUNING_DB"):
         return Path(os.environ["SLIMGRAPH_TUNING_DB"])
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "slimgraph" / "tuning"
+    return cache_dir("tuning")
 
 
 @dataclass
