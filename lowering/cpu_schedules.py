@@ -29,7 +29,7 @@ from tvm.s_tir.dlight.base import try_inline_contiguous_spatial
 from .conv_packed import PackedConv2dRule
 from .grouped_conv import INTERIOR_ATTR, plane_depth, schedule_padding
 from .int8_schedules import Int8Conv2dRule, Int8DenseRule
-from .schedule_common import epilogue_at, largest_divisor, register_budget, vector_lanes
+from .schedule_common import epilogue_at, is_scheduled, largest_divisor, register_budget, vector_lanes
 
 
 def _packed_width(sch, block, depth: int, width: int) -> int:
@@ -222,11 +222,6 @@ ELEMENTWISE_PARALLEL_MIN = 16384  # elements; below it a second thread costs mor
 # First match wins. TVM's own CPU rules follow ours: GEMV (batch-1 dense) and reductions.
 CPU_RULES: list[dl.ScheduleRule] = [Int8Conv2dRule(), Int8DenseRule(), PackedConv2dRule(), DenseRule(), Conv2dRule(),
                                     ElementwiseRule(), dl.cpu.GEMV(), dl.cpu.Reduction()]
-
-
-def is_scheduled(func) -> bool:
-    return isinstance(func, tirx.PrimFunc) and "tirx.is_scheduled" in func.attrs and \
-        int(func.attrs["tirx.is_scheduled"]) == 1
 
 
 def schedule_cpu(mod, target) -> tuple[object, list[str]]:

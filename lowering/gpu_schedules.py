@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from slimgraph.ir.errors import SlimgraphError
 
-SCHEDULED = "tirx.is_scheduled"
+from .schedule_common import is_scheduled
 
 
 class GpuScheduleError(SlimgraphError):
@@ -29,10 +29,6 @@ def gpu_rules():
             dl.gpu.Transpose(), dl.gpu.Fallback()]
 
 
-def _is_scheduled(func) -> bool:
-    return SCHEDULED in func.attrs and int(func.attrs[SCHEDULED]) == 1
-
-
 def schedule_gpu(mod, target) -> tuple[object, list[str]]:
     """Schedule every kernel with the first dlight rule that applies; notes name the rule per kernel."""
     from tvm import tirx
@@ -41,7 +37,7 @@ def schedule_gpu(mod, target) -> tuple[object, list[str]]:
     notes, scheduled = [], {}
     with target:
         for gv, func in mod.functions_items():
-            if not isinstance(func, tirx.PrimFunc) or _is_scheduled(func):
+            if not isinstance(func, tirx.PrimFunc) or is_scheduled(func):
                 continue
             for rule in rules:
                 try:
@@ -51,7 +47,7 @@ def schedule_gpu(mod, target) -> tuple[object, list[str]]:
                 if space is None:
                     continue
                 schedule = space[0] if isinstance(space, list) else space
-                scheduled[gv] = schedule.mod["main"].with_attr(SCHEDULED, True)
+                scheduled[gv] = schedule.mod["main"].with_attr("tirx.is_scheduled", True)
                 notes.append(f"kernel {gv.name_hint}: GPU rule {type(rule).__name__}")
                 break
             else:

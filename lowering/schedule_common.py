@@ -1,7 +1,13 @@
-"""What the CPU schedule rules share: the target's vector shape, tile choice, the epilogue."""
+"""What the schedule rules share: the target's vector shape, tile choice, the epilogue, and
+whether a kernel is scheduled already (CPU and GPU rules alike)."""
 from __future__ import annotations
 
 from tvm import tirx
+
+
+def is_scheduled(func) -> bool:
+    return isinstance(func, tirx.PrimFunc) and "tirx.is_scheduled" in func.attrs and \
+        int(func.attrs["tirx.is_scheduled"]) == 1
 
 
 def vector_lanes(target) -> int:
