@@ -21,6 +21,8 @@ N, so no tile needs a bounds check.
 """
 from __future__ import annotations
 
+import math
+
 from tvm import s_tir, tirx
 from tvm.s_tir import dlight as dl
 from tvm.s_tir.dlight.analysis import normalize_prim_func
@@ -202,16 +204,13 @@ class ElementwiseRule(dl.ScheduleRule):
         if not loops:
             return None
         lanes, extents = vector_lanes(target), [int(sch.get(loop).extent) for loop in loops]
-        total = 1
-        for extent in extents:
-            total *= extent
         *outer_loops, row = loops
         if extents[-1] <= VECTOR_ROW_LANES * lanes:
             sch.vectorize(row)
         elif extents[-1] % lanes == 0:
             sch.vectorize(sch.split(row, [None, lanes])[1])
         outer = [loop for loop, extent in zip(outer_loops, extents) if extent > 1][:2]
-        if outer and total >= ELEMENTWISE_PARALLEL_MIN:  # two loops fused: one div / mod, which TVM simplifies
+        if outer and math.prod(extents) >= ELEMENTWISE_PARALLEL_MIN:  # two loops fused: one div / mod, which TVM simplifies
             sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
         return sch
 
