@@ -49,7 +49,7 @@ class CompileReport:
     lowering_notes: list[str] = field(default_factory=list)  # e.g. regions left to separate kernels
     check_note: str = ""  # why the numerical check did not run, or how it ran (emulated)
     tuning: TuningReport | None = None  # kernels from the tuning database, tuned this time
-    device_binary: str = ""  # CUDA: what the library holds, e.g. "1 fatbin(s) for sm_90"
+    device_binary: str = ""  # CUDA: what the library holds, e.g. "cubin for sm_90 (in the library's fatbin)"
 
 
 @contextmanager
@@ -159,10 +159,9 @@ def compile(model: Any, example_inputs: Sequence[torch.Tensor] | None = None, *,
             compiled.export(output)
     runnable = compiled.runnable
     if spec.device == "cuda":
-        from slimgraph.codegen.cuda import check_device_binary
-
-        images = check_device_binary(compiled.library_file(), spec.config["arch"])
-        report.device_binary = ", ".join(f"{kind} for {sm}" for kind, sm in images) + " (in the library's fatbin)"
+        compiled.library_file()  # exported (checked, its images read back) if `output` did not already
+        report.device_binary = ", ".join(f"{kind} for {sm}" for kind, sm in compiled.device_images) + \
+            " (in the library's fatbin)"
         if not runnable:
             report.check_note = "not run: no NVIDIA GPU with a driver on this machine (the library is built and " \
                                 "holds its device binary)"

@@ -63,6 +63,7 @@ class CompiledModel:
             from tvm.runtime.vm import VirtualMachine
 
             self._vm = VirtualMachine(module, self._device)
+        self.device_images: list[tuple[str, str]] = []  # CUDA: the fatbin's images, read back at export
         self.lowered = None  # the scheduled Relax module, when compiled in this process (slimgraph bench)
 
     @property
@@ -163,8 +164,8 @@ class CompiledModel:
         machine = self._machine()
         machine.set_input("main", *self._tvm_inputs(inputs if inputs is not None else self.random_inputs()))
         for _ in range(warmup):
-            self._vm.invoke_stateful("main")
-        timer = self._vm.time_evaluator("invoke_stateful", self._device, number=1, repeat=repeat, min_repeat_ms=0)
+            machine.invoke_stateful("main")
+        timer = machine.time_evaluator("invoke_stateful", self._device, number=1, repeat=repeat, min_repeat_ms=0)
         runs_ms = [t * 1e3 for t in timer("main").results]
         return {"median_ms": statistics.median(runs_ms), "mean_ms": statistics.fmean(runs_ms),
                 "min_ms": min(runs_ms), "runs": len(runs_ms)}
@@ -188,7 +189,7 @@ class CompiledModel:
     def _check_device_binary(self, library: Path) -> None:
         from slimgraph.codegen.cuda import check_device_binary
 
-        check_device_binary(library, self.metadata["target"]["config"].get("arch"))
+        self.device_images = check_device_binary(library, self.metadata["target"]["config"].get("arch"))
 
     def __repr__(self) -> str:
         ins = ", ".join(f"{s.name}: {s}" for s in self.inputs)
