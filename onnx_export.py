@@ -24,8 +24,6 @@ from slimgraph import ir
 from slimgraph.ir.errors import SlimgraphError
 
 OPSET = 17
-EXPORTABLE_SLIMGRAPH_OPS = {"quantize_per_tensor", "dequantize_per_tensor", "quantize_per_channel",
-                            "dequantize_per_channel", "qconv2d", "qlinear"}
 DTYPE_RANGE = {"int8": (-128, 127), "uint8": (0, 255)}
 
 
@@ -105,11 +103,12 @@ def _register_symbolics() -> None:
 
 
 def _check_exportable(graph: ir.Graph) -> None:
+    exportable = _symbolics()
     for node in graph.fx_graph.nodes:
         if node.op != "call_function":
             continue
         qualified = str(getattr(node.target, "_schema", "") and node.target._schema.name)
-        if qualified.startswith("slimgraph::") and qualified.split("::")[1] not in EXPORTABLE_SLIMGRAPH_OPS:
+        if qualified.startswith("slimgraph::") and qualified.split("::")[1] not in exportable:
             raise ExportError(f"graph '{graph.name}': node %{node.name} ({qualified}) has no ONNX form in "
                               f"slimgraph's exporter yet; export a stage before the pass that made it")
 

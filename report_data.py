@@ -34,14 +34,12 @@ def write_report_json(folder: Path, compiled, baseline_latency: dict | None = No
         "target": metadata["target"],
         "passes": [{"label": r.label, "name": r.pass_.name, "modified": r.modified, "seconds": r.seconds,
                     "before": _stats_json(r.before), "after": _stats_json(r.after),
-                    "stats": {k: _plain(v) for k, v in r.stats.items()}, "notes": list(r.notes),
-                    "lossy": bool(r.pass_.lossy)} for r in report.passes],
+                    "stats": {k: _plain(v) for k, v in r.stats.items()}, "notes": list(r.notes)} for r in report.passes],
         "build": {"stage_seconds": report.stage_seconds, "kernels": report.kernels,
                   "kernel_launches": report.kernel_launches, "lowering_notes": report.lowering_notes,
                   "max_abs_diff": report.max_abs_diff, "reference": report.reference,
                   "check_note": report.check_note, "device_binary": report.device_binary,
-                  "library": str(library) if library else None,
-                  "library_bytes": library.stat().st_size if library else None},
+                  "library": str(library), "library_bytes": library.stat().st_size},
         "latency": report.latency, "baseline_latency": baseline_latency,
     }
     path = Path(folder) / REPORT_FILE
@@ -90,7 +88,7 @@ def _info_from_ir(folder: Path, files: list[Path]) -> dict:
     pipeline = (folder / "pipeline.txt").read_text().strip() if (folder / "pipeline.txt").is_file() else ""
     passes = [{"label": f.stem, "name": f.stem.split("-", 1)[1], "seconds": None,
                "modified": files[i].read_text().split("\n", 1)[-1] != f.read_text().split("\n", 1)[-1],
-               "before": stats[i], "after": stats[i + 1], "stats": {}, "notes": [], "lossy": False}
+               "before": stats[i], "after": stats[i + 1], "stats": {}, "notes": []}
               for i, f in enumerate(files[1:])]
     return {"model": files[0].read_text().split('graph "', 1)[-1].split('"', 1)[0], "pipeline": pipeline,
             "passes": passes, "target": None, "build": None, "latency": None, "baseline_latency": None}

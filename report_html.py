@@ -99,7 +99,7 @@ def _sqnr_chart(notes: list[str]) -> str:
            f"{bar_chart(sorted(rows, key=lambda r: r[1])[:40], 'dB')}"
 
 
-def _stage_section(index: int, stage, previous, pass_info: dict | None, link: str | None = None) -> str:
+def _stage_section(stage, previous, pass_info: dict | None, link: str | None = None) -> str:
     picture = parse_ir_text(stage.text)
     title = "imported graph" if pass_info is None else f"after {pass_info['name']}"
     parts = [f"<section class='pass' id='pass-{_e(stage.label)}'><h2>{_e(stage.label)}: {_e(title)}</h2>"]
@@ -138,8 +138,7 @@ def _library(info: dict) -> str:
     target = info.get("target") or {}
     rows = [("target", f"{target.get('name')} ({target.get('config', {}).get('kind')})"),
             ("kernels", f"{len(build['kernels'])} distinct, {build['kernel_launches']} calls per inference"),
-            ("library", f"{build['library']} ({(build['library_bytes'] or 0) / 1024:,.0f} KiB)"
-             if build.get("library") else "not written")]
+            ("library", f"{build['library']} ({build['library_bytes'] / 1024:,.0f} KiB)")]
     if build.get("device_binary"):
         rows.append(("device binary", build["device_binary"]))
     if build.get("max_abs_diff") is not None:
@@ -168,11 +167,11 @@ def render_report(data: ReportData, links_from: Path | None = None) -> str:
     info = data.info
     by_label = {p["label"]: p for p in info["passes"]}
     sections, previous = [], None
-    for index, stage in enumerate(data.stages):
+    for stage in data.stages:
         link = None
         if links_from is not None:
             link = Path(os.path.relpath(data.folder / f"{stage.label}.ir", links_from)).as_posix()
-        sections.append(_stage_section(index, stage, previous, by_label.get(stage.label), link))
+        sections.append(_stage_section(stage, previous, by_label.get(stage.label), link))
         previous = stage
     target = (info.get("target") or {}).get("name", "-")
     header = (f"<h1>slimgraph compile report: {_e(info['model'])}</h1><p class='meta'>source {_e(info.get('source', '-'))}"
