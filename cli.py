@@ -53,13 +53,12 @@ def _compile(args) -> int:
     target = compiled.metadata["target"]
     config = target["config"]
     if config.get("kind") == "cuda":
-        table.add_row("target", f"{target['name']}: cuda, arch={config.get('arch')}, host code for "
-                                f"{(config.get('host') or {}).get('mcpu', 'this CPU')} "
-                                f"(full target in {Path(str(output)).with_suffix('.json').name})")
+        summary = f"cuda, arch={config.get('arch')}, host code for {(config.get('host') or {}).get('mcpu', 'this CPU')}"
     else:
-        table.add_row("target", f"{target['name']}: {config.get('kind')}, mcpu={config.get('mcpu', '-')}, "
-                                f"{config.get('num-cores', '?')} cores, {len(config.get('mattr', []))} ISA features "
-                                f"(full target in {Path(str(output)).with_suffix('.json').name})")
+        summary = f"{config.get('kind')}, mcpu={config.get('mcpu', '-')}, {config.get('num-cores', '?')} cores, " \
+                  f"{len(config.get('mattr', []))} ISA features"
+    table.add_row("target", f"{target['name']}: {summary} "
+                            f"(full target in {Path(str(output)).with_suffix('.json').name})")
     table.add_row("library", f"{library} ({library.stat().st_size / 1024:.0f} KiB), metadata {meta.name}")
     if report.device_binary:
         table.add_row("device binary", report.device_binary)

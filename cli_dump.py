@@ -72,13 +72,13 @@ def _dump_source(args) -> int:
     """dump --source: compile (default pipeline unless --pipeline) and print the generated code."""
     import slimgraph
     from slimgraph.codegen.build import generated_source
-
-    compiled = slimgraph.compile(args.model, target=args.target, pipeline=args.pipeline or "default",
-                                 plugins=args.plugin, check=False, calibration_data=args.calib,
-                                 instruments=instrument_options(args))
     from slimgraph.codegen.targets import resolve_target
 
-    sys.stdout.write(generated_source(compiled.executable, resolve_target(args.target), args.source) + "\n")
+    spec = resolve_target(args.target)
+    compiled = slimgraph.compile(args.model, target=spec, pipeline=args.pipeline or "default",
+                                 plugins=args.plugin, check=False, calibration_data=args.calib,
+                                 instruments=instrument_options(args))
+    sys.stdout.write(generated_source(compiled.executable, spec, args.source) + "\n")
     notes = compiled.report.lowering_notes
     stderr.print(f"{compiled.metadata['model']} for {compiled.metadata['target']['name']}: "
                  f"{len(compiled.report.kernels)} kernels", markup=False)

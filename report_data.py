@@ -34,7 +34,8 @@ def write_report_json(folder: Path, compiled, baseline_latency: dict | None = No
         "target": metadata["target"],
         "passes": [{"label": r.label, "name": r.pass_.name, "modified": r.modified, "seconds": r.seconds,
                     "before": _stats_json(r.before), "after": _stats_json(r.after),
-                    "stats": {k: _plain(v) for k, v in r.stats.items()}, "notes": list(r.notes)} for r in report.passes],
+                    "stats": {k: _plain(v) for k, v in r.stats.items()}, "notes": list(r.notes)}
+                   for r in report.passes],
         "build": {"stage_seconds": report.stage_seconds, "kernels": report.kernels,
                   "kernel_launches": report.kernel_launches, "lowering_notes": report.lowering_notes,
                   "max_abs_diff": report.max_abs_diff, "reference": report.reference,

@@ -108,7 +108,8 @@ def _ghost_dot(ghosts: list[IrNode], picture: IrPicture) -> list[str]:
         style = _attrs(label=label, tooltip=tooltip, fillcolor=COLORS["removed"], style="filled,dashed", shape="box",
                        fontcolor="#8a1c1c")
         lines.append(f'  "{node.name}" [{style}];')
-        lines += [f'  "{i}" -> "{node.name}" [style=dashed, color="#d48a8a"];' for i in node.inputs if i in picture.nodes]
+        lines += [f'  "{i}" -> "{node.name}" [style=dashed, color="#d48a8a"];'
+                  for i in node.inputs if i in picture.nodes]
     return lines
 
 

@@ -174,7 +174,8 @@ def render_report(data: ReportData, links_from: Path | None = None) -> str:
         sections.append(_stage_section(stage, previous, by_label.get(stage.label), link))
         previous = stage
     target = (info.get("target") or {}).get("name", "-")
-    header = (f"<h1>slimgraph compile report: {_e(info['model'])}</h1><p class='meta'>source {_e(info.get('source', '-'))}"
+    header = (f"<h1>slimgraph compile report: {_e(info['model'])}</h1>"
+              f"<p class='meta'>source {_e(info.get('source', '-'))}"
               f" &middot; target {_e(target)} &middot; pipeline <code>{_e(info.get('pipeline') or 'none')}</code>"
               f" &middot; <a href='#timeline'>pipeline</a> &middot; <a href='#library'>library</a></p>")
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>slimgraph report: "

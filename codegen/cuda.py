@@ -109,7 +109,8 @@ def enable_cuda_codegen() -> str:
                                                            extra_lib_paths=[runtime_dir], mode="RTLD_LOCAL")
     except (OSError, RuntimeError) as exc:
         raise CudaError(f"TVM's CUDA runtime (libtvm_runtime_cuda.so) cannot load: {str(exc)[:200]}; it needs "
-                        f"the CUDA 13 runtime libcudart.so.13 (the CUDA toolkit, or pip's nvidia-cuda-runtime)") from exc
+                        f"the CUDA 13 runtime libcudart.so.13 (the CUDA toolkit, or pip's "
+                        f"nvidia-cuda-runtime)") from exc
     return how
 
 

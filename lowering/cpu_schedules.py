@@ -210,7 +210,7 @@ class ElementwiseRule(dl.ScheduleRule):
         elif extents[-1] % lanes == 0:
             sch.vectorize(sch.split(row, [None, lanes])[1])
         outer = [loop for loop, extent in zip(outer_loops, extents) if extent > 1][:2]
-        if outer and math.prod(extents) >= ELEMENTWISE_PARALLEL_MIN:  # two loops fused: one div / mod, which TVM simplifies
+        if outer and math.prod(extents) >= ELEMENTWISE_PARALLEL_MIN:  # two fused: one div/mod, simplified
             sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
         return sch
 
