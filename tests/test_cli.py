@@ -169,3 +169,14 @@ def test_corrupt_and_unsupported_onnx_files(tmp_path, capsys):
     code, _, err = run_cli(capsys, "compile", str(unsupported), "-o", str(tmp_path / "u.so"))
     assert_one_line_error(code, err, "unsupported ONNX ops: TopK (x2)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["topk.onnx", "truncated.onnx"]
+
+
+def test_dump_rounds_pruned_channels_for_its_target(monkeypatch, capsys):
+    """dump --target names the target prune measures its channel multiple for (it was always this host)."""
+    from slimgraph.codegen import channel_widths
+
+    asked = []
+    monkeypatch.setattr(channel_widths, "measured_multiple", lambda spec: (asked.append(spec.name), (4, "stub"))[1])
+    code, _, err = run_cli(capsys, "dump", "digit_cnn", "--pipeline", "prune{ratio=0.5}", "--target", "arm64")
+    assert code == 0, err
+    assert asked == ["arm64"]

@@ -52,14 +52,17 @@ def test_other_architecture_and_dump_source(capsys):
 
 @needs_nvcc
 def test_a_library_without_the_named_architecture_is_refused(tmp_path):
-    slimgraph.compile("digit_cnn", target="cuda:sm_80", output=tmp_path / "m.so", check=False)
+    slimgraph.compile("digit_cnn", target="cuda:sm_80", output=tmp_path / "m.so", check=False,
+                      dump_dir=tmp_path / "dump")
     assert cuda.fatbin_images(tmp_path / "m.so") == [("cubin", "sm_80")]
+    assert '__global__ void' in (tmp_path / "dump" / "kernels.cu").read_text()  # --dump-dir keeps the CUDA C
     with pytest.raises(cuda.CudaError, match="no device binary for sm_90 .*cubin sm_80"):
         cuda.check_device_binary(tmp_path / "m.so", "sm_90")
 
 
 def test_a_cpu_library_has_no_device_binary(tmp_path):
-    slimgraph.compile("digit_cnn", target="x86", output=tmp_path / "cpu.so", check=False)
+    slimgraph.compile("digit_cnn", target="x86", output=tmp_path / "cpu.so", check=False, dump_dir=tmp_path / "dump")
+    assert "vfmadd" in (tmp_path / "dump" / "kernels.s").read_text()  # --dump-dir keeps the assembly
     with pytest.raises(cuda.CudaError, match="no CUDA module"):
         cuda.check_device_binary(tmp_path / "cpu.so")
 
@@ -87,6 +90,13 @@ def test_builtin_models_match_pytorch_on_the_gpu(name, tmp_path):
     expected = expected if isinstance(expected, tuple) else (expected,)
     for got, want in zip(outputs, expected):
         np.testing.assert_allclose(got.numpy(), want.cpu().numpy(), atol=1e-3, rtol=1e-3)
+
+
+@needs_nvcc
+def test_default_output_is_named_after_the_target(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["compile", "digit_cnn", "--target", "cuda:sm_80", "--quiet"]) == 0
+    assert (tmp_path / "out" / "digit_cnn-cuda-sm_80.so").is_file()
 
 
 def test_bad_cuda_targets_are_one_line_errors(capsys):
