@@ -76,3 +76,9 @@ def test_export_onnx_command(tmp_path, capsys):
     assert "after fold-bn" in stdout and "BatchNormalization" not in {n.op_type for n in onnx.load(str(out)).graph.node}
     code, _, err = run_cli(capsys, "export-onnx", "digit_cnn", "--pipeline", "default", "--stage", "7")
     assert_one_line_error(code, err, "--stage 7 is outside 0..3")
+
+
+def test_export_to_a_missing_folder_is_one_line_error(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "export-onnx", "digit_cnn", "-o", str(tmp_path / "no" / "m.onnx"))
+    assert_one_line_error(code, err, "cannot write", "folder", "does not exist")
+    assert not list(tmp_path.iterdir())
