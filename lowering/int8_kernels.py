@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 
 SIGNED_DATA: ContextVar[bool] = ContextVar("slimgraph_int8_signed_data", default=False)
+DOT_PRODUCT: ContextVar[bool] = ContextVar("slimgraph_int8_dot_product", default=False)
 
 
 @contextmanager
@@ -35,9 +36,11 @@ def dot_product_data_for(target):
     """Inside: the kernels made for `target`, whose dot product takes int8 data (AArch64 `sdot`)
     or uint8 data (x86 VNNI, and the plain int32 kernels)."""
     token = SIGNED_DATA.set(has_signed_dot(target))
+    dot_token = DOT_PRODUCT.set(has_signed_dot(target) or has_vnni(target))
     try:
         yield
     finally:
+        DOT_PRODUCT.reset(dot_token)
         SIGNED_DATA.reset(token)
 
 
@@ -59,6 +62,11 @@ def has_signed_dot(target) -> bool:
 
 def has_vnni(target) -> bool:
     return _llvm_feature(target, "avx512vnni", aarch64=False)
+
+
+def has_dot_product() -> bool:
+    """Do the kernels being made run on a 4-way int8 dot product (x86 VNNI, AArch64 sdot)?"""
+    return DOT_PRODUCT.get()
 
 
 def kernel_data_dtype() -> str:

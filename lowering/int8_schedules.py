@@ -117,7 +117,7 @@ def accumulator_budget(target) -> int:
     return max(1, register_budget(target) // max(1, 16 // vector_lanes(target)))
 
 
-def _int8_kernel(func, target, block_name: str):
+def find_int8_kernel(func, target, block_name: str):
     """(schedule, infos, the accumulator's info, its lane block) when `func` is that kernel, else None."""
     if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
         return None
@@ -158,7 +158,7 @@ class Int8Conv2dRule(dl.ScheduleRule):
     name = "conv2d-int8"
 
     def apply(self, func, target, tunable):
-        found = _int8_kernel(func, target, QCONV_BLOCK)
+        found = find_int8_kernel(func, target, QCONV_BLOCK)
         if found is None:
             return None
         sch, infos, conv, cb = found
@@ -199,7 +199,7 @@ class Int8DenseRule(dl.ScheduleRule):
     name = "dense-int8"
 
     def apply(self, func, target, tunable):
-        found = _int8_kernel(func, target, QDENSE_BLOCK)
+        found = find_int8_kernel(func, target, QDENSE_BLOCK)
         if found is None:
             return None
         sch, infos, dense, nb = found

@@ -124,7 +124,9 @@ def _requantize(importer, acc, bias, scale, out_zero_point: int, low: float, hig
 def qconv2d(node, importer):
     from tvm import relax
 
-    from .int8_kernels import OUTPUT_BLOCK, data_shift, exact_in_float32, pack_conv_weight, qconv2d_acc, qgrouped_conv2d_acc
+    from .int8_kernels import (OUTPUT_BLOCK, data_shift, exact_in_float32, has_dot_product, pack_conv_weight, qconv2d_acc,
+                               qgrouped_conv2d_acc)
+    from .int8_pixels import pack_pixel_weight, qconv1x1_pixels_acc, uses_pixel_lanes
 
     bb = importer.block_builder
     x, weight, bias, scale = (importer.env[a] for a in node.args[:4])
@@ -137,9 +139,13 @@ def qconv2d(node, importer):
                          x_zero_point, primfunc_name_hint="qconv2d_grouped")
         return _requantize(importer, acc, _folded_bias(importer, bias, weight, x_zero_point), scale,
                            out_zero_point, low, high, out_dtype, 1)
-    packed = bb.emit_te(pack_conv_weight, weight, OUTPUT_BLOCK, primfunc_name_hint="pack_int8_conv_weight")
-    acc = bb.emit_te(qconv2d_acc, x, packed, int(weight.ty.shape[0]), list(stride), list(padding), list(dilation), x_zero_point,
-                     primfunc_name_hint="qconv2d")
+    if uses_pixel_lanes(weight.ty.shape, stride, padding, groups, node.meta["val"].shape, has_dot_product()):
+        packed = bb.emit_te(pack_pixel_weight, weight, primfunc_name_hint="pack_int8_pixel_weight")
+        acc = bb.emit_te(qconv1x1_pixels_acc, x, packed, x_zero_point, primfunc_name_hint="qconv1x1")
+    else:
+        packed = bb.emit_te(pack_conv_weight, weight, OUTPUT_BLOCK, primfunc_name_hint="pack_int8_conv_weight")
+        acc = bb.emit_te(qconv2d_acc, x, packed, int(weight.ty.shape[0]), list(stride), list(padding), list(dilation),
+                         x_zero_point, primfunc_name_hint="qconv2d")
     folded_zero_point = x_zero_point + data_shift(str(x.ty.dtype))  # of the data the kernel multiplies
     return _requantize(importer, acc, _folded_bias(importer, bias, weight, folded_zero_point), scale, out_zero_point, low, high,
                        out_dtype, 1)

@@ -1,6 +1,8 @@
 """Compiled integer kernels: every qconv2d / qlinear variant matches its PyTorch reference
 exactly, x86 kernels use VNNI's vpdpbusd, whole models compile to int8 and stay close to the
 realized graph and the float model, and the digit CNN keeps its accuracy on real data."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from slimgraph.codegen.build import build
 from slimgraph.codegen.targets import resolve_target
 from slimgraph.lowering import lower
 from slimgraph.lowering.int8_kernels import has_vnni
+from slimgraph.lowering.pipeline import kernel_names
 from slimgraph.rewrites import PassManager, parse_pipeline
 from slimgraph.rewrites.quantize import calibration_data
 from slimgraph.tests.conftest import imported_model
@@ -46,7 +49,12 @@ CONVS = {  # name: (x shape, x dtype, weight shape, stride, padding, groups, out
     "grouped": ((1, 8, 6, 6), torch.uint8, (8, 4, 3, 3), 1, 1, 2, ("-inf", "inf"), "float32"),
     # 64 channels x 3 x 3 per group: sums too long for exact float32, so the int32 kernel; int8 input
     "grouped-int32-sums-int8-in": ((1, 128, 6, 6), torch.int8, (32, 64, 3, 3), 1, 1, 2, (-128.0, 127.0), "int8"),
+    # 1x1, stride 1, unpadded, width divisible by 8: the pixel-lane kernel (lowering/int8_pixels.py)
+    "pixels-16-lanes-6-channels": ((1, 6, 3, 32), torch.uint8, (24, 6, 1, 1), 1, 0, 1, (0.0, 255.0), "uint8"),
+    "pixels-8-lanes-int8-in-batch2": ((2, 20, 3, 56), torch.int8, (16, 20, 1, 1), 1, 0, 1, (-128.0, 127.0), "int8"),
+    "pixels-40-outputs-float-out": ((1, 16, 2, 16), torch.uint8, (40, 16, 1, 1), 1, 0, 1, (0.0, "inf"), "float32"),
 }
+PIXEL_CASES = [case for case in CONVS if case.startswith("pixels")]
 
 
 def conv_call(stride, padding, groups, out_range, out_dtype) -> str:
@@ -113,6 +121,19 @@ def x86_assembly(graph) -> str:
 def test_channels_not_divisible_by_16_and_single_rows_still_use_vnni(graph_of, case):
     """Output channels are padded to 16 inside the kernel and a single-row linear keeps its rule."""
     assert x86_assembly(graph_of(case)[0]).count("vpdpbusd") >= 1
+
+
+@pytest.mark.parametrize("case", PIXEL_CASES)
+def test_wide_1x1_convs_put_pixels_in_the_lanes_and_store_whole_rows(case):
+    """The pixel-lane kernel: vpdpbusd on zmm (16 pixels) or ymm (8) registers, and an epilogue
+    that writes each output row with vector stores, no byte-by-byte scatter."""
+    graph, _ = conv_graph(case)
+    _, optimized, _ = lower(graph, resolve_target("x86").tvm_target())
+    assert [name for name in kernel_names(optimized) if "qconv1x1" in name], kernel_names(optimized)
+    assembly = x86_assembly(graph)
+    register = "zmm" if CONVS[case][0][3] % 16 == 0 else "ymm"
+    assert re.search(rf"vpdpbusd\s+\S+, %{register}\d+, %{register}\d+", assembly), f"no vpdpbusd on {register}"
+    assert "vpextrb" not in assembly and "vpscatter" not in assembly
 
 
 def test_x86_integer_kernels_use_vnni_dot_products():

@@ -1,0 +1,220 @@
+"""Integer 1x1 convs with the pixels in the vector lanes: NCHW output written by whole vectors.
+
+The channel-lane kernel (lowering/int8_kernels.py) keeps b = 16 output channels of one pixel in
+a register. Its NCHW output is then a transpose: every tile's epilogue gathers each output row
+out of 16-channel registers, and on the large, shallow 1x1 convs of a mobile network (MobileNetV2's
+16 -> 96 expansion at 112x112 reduces over 16 channels) that gather costs ten times the dot products.
+Here a register holds L = 16 (or 8) consecutive pixels of one output channel instead:
+
+    Xp[n, c // 4, h, w, c % 4] = x[n, c, h, w]                    (z_x for c >= C; per call)
+    Wp[o, c // 4, c % 4]       = W[o, c, 0, 0]                    (0 for c >= C; at compile time)
+    acc[n, o, h, w] = sum_{c4, i} Xp[n, c4, h, w, i] * Wp[o, c4, i]
+
+The 4 interleaved channels of L pixels are L x 4 contiguous bytes, one vector load; the 4 int8
+weights of an output channel are broadcast to every lane (x86: vpdpbusd's embedded {1toL}
+broadcast), and one dot-product instruction adds L pixels' 4-channel sums: on x86 VNNI one
+vpdpbusd (zmm for L = 16, ymm for 8), on AArch64 L / 4 `sdot`. The zero point folds into the bias
+as in the channel-lane kernel (b' = b - z_x sum W), and the requantization epilogue writes each
+of the tile's channel rows with vector stores.
+
+Schedule (`Int8PixelConv2dRule`):
+
+    o -> (oo, ov: v channels),  w -> (wo, wt: t vectors, wl: L lanes)
+    order (n, oo, h, wo | c4, ov, wt, wl, i);  (n, oo, h) parallel;  (wl, i) tensorized
+
+v x t accumulators stay in registers over the reduction (v * t <= the register budget).
+Used for 1x1, stride-1, unpadded, ungrouped convs whose width 8 divides, on targets with a
+4-way int8 dot product (`uses_pixel_lanes`).
+"""
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir import dlight as dl
+
+from .int8_kernels import BLOCK_ATTR, data_shift, has_signed_dot, has_vnni, kernel_data_dtype
+from .schedule_common import attach_epilogue, register_budget
+
+PIXEL_BLOCK = "qconv1x1_pixels"  # not a prefix of int8_kernels.QCONV_BLOCK's kernels, nor they of it
+VNNI_PIXELS = "slimgraph_vnni_pixels_{lanes}x4_u8i8i32"
+SDOT_PIXELS = "slimgraph_sdot_pixels_{lanes}x4_i8i8i32"
+
+
+def pixel_lanes(width: int) -> int:
+    """Pixels per accumulator for an output `width`: 16 or 8 when it divides the width, else 0."""
+    return next((lanes for lanes in (16, 8) if width % lanes == 0), 0)
+
+
+def uses_pixel_lanes(weight_shape, stride, padding, groups: int, out_shape, dot_product: bool) -> bool:
+    """Does the integer conv take this kernel (module docstring) rather than the channel-lane one?"""
+    out_channels, _, kernel_h, kernel_w = (int(e) for e in weight_shape)
+    return (dot_product and groups == 1 and (kernel_h, kernel_w) == (1, 1) and tuple(stride) == (1, 1)
+            and not any(padding) and out_channels % 8 == 0 and pixel_lanes(int(out_shape[3])) > 0)
+
+
+def pack_pixel_weight(weight):
+    """Wp[o, c // 4, c % 4] = W[o, c, 0, 0], 0 for c >= C (TE: folded at compile time)."""
+    from tvm import te
+
+    out_channels, in_channels = (int(e) for e in weight.shape[:2])
+
+    def element(o, c4, i):
+        channel = c4 * 4 + i
+        return tirx.if_then_else(channel < in_channels, weight[o, tirx.min(channel, in_channels - 1), 0, 0],
+                                 tirx.const(0, "int8"))
+
+    return te.compute((out_channels, -(-in_channels // 4), 4), element, name="packed_weight")
+
+
+def qconv1x1_pixels_acc(data, packed, x_zero_point: int):
+    """int32 accumulator of the pixel-lane 1x1 conv (module docstring), without the bias."""
+    from tvm import te
+
+    batch, in_channels, height, width = (int(e) for e in data.shape)
+    out_channels, groups4, _ = (int(e) for e in packed.shape)
+    dtype, shift = kernel_data_dtype(), data_shift(str(data.dtype))
+
+    def interleave(n, c4, h, w, i):
+        channel = c4 * 4 + i
+        value = data[n, tirx.min(channel, in_channels - 1), h, w]
+        if shift:
+            value = (value.astype("int32") + shift).astype(dtype)
+        return tirx.if_then_else(channel < in_channels, value, tirx.const(x_zero_point + shift, dtype))
+
+    packed_data = te.compute((batch, groups4, height, width, 4), interleave, name="pack_pixels")
+    rc = te.reduce_axis((0, groups4), name="rc")
+    ri = te.reduce_axis((0, 4), name="ri")
+    return te.compute(
+        (batch, out_channels, height, width),
+        lambda n, o, y, x: te.sum(packed_data[n, rc, y, x, ri].astype("int32") * packed[o, rc, ri].astype("int32"),
+                                  axis=[rc, ri]),
+        name=PIXEL_BLOCK, attrs={BLOCK_ATTR: pixel_lanes(width)})
+
+
+def _description(lanes: int, data_dtype: str):
+    """c[l] += sum_k int32(a[l, k]) * int32(b[k]) for l < lanes: the step both intrinsics implement."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def description(a: T.Buffer((lanes, 4), data_dtype, offset_factor=1), b: T.Buffer((4,), "int8", offset_factor=1),
+                    c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:lanes], a[0:lanes, 0:4], b[0:4])
+            T.writes(c[0:lanes])
+            for lane, k in T.grid(lanes, 4):
+                with T.sblock("update"):
+                    vl, vk = T.axis.remap("SR", [lane, k])
+                    c[vl] = c[vl] + T.cast(a[vl, vk], "int32") * T.cast(b[vk], "int32")
+
+    return description
+
+
+def _vnni(lanes: int):
+    """One vpdpbusd on `lanes` int32: uint8 pixels (lanes x 4 bytes) times the 4 weights broadcast."""
+    from tvm.script import tirx as T
+
+    intrinsic = f"llvm.x86.avx512.vpdpbusd.{lanes * 32}"
+
+    @T.prim_func(s_tir=True)
+    def vnni(a: T.Buffer((lanes, 4), "uint8", offset_factor=1), b: T.Buffer((4,), "int8", offset_factor=1),
+             c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:lanes], a[0:lanes, 0:4], b[0:4])
+            T.writes(c[0:lanes])
+            four = T.reinterpret(b.vload([0], "int8x4"), dtype="int32")
+            c[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(intrinsic), c.vload([0], dtype=f"int32x{lanes}"),
+                a.vload([0, 0], dtype=f"uint8x{lanes * 4}"),
+                T.reinterpret(T.broadcast(four, lanes), dtype=f"int8x{lanes * 4}"), dtype=f"int32x{lanes}")
+
+    return vnni
+
+
+def _sdot(lanes: int):
+    """AArch64: lanes / 4 sdot, each adding 4 pixels' 4-channel dot products into 4 int32 lanes."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def sdot(a: T.Buffer((lanes, 4), "int8", offset_factor=1), b: T.Buffer((4,), "int8", offset_factor=1),
+             c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:lanes], a[0:lanes, 0:4], b[0:4])
+            T.writes(c[0:lanes])
+            four = T.reinterpret(b.vload([0], "int8x4"), dtype="int32")
+            for j in T.unroll(lanes // 4):
+                c[T.ramp(j * 4, 1, 4)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"), c.vload([j * 4], dtype="int32x4"),
+                    a.vload([j * 4, 0], dtype="int8x16"), T.reinterpret(T.broadcast(four, 4), dtype="int8x16"),
+                    dtype="int32x4")
+
+    return sdot
+
+
+def pixel_intrinsic(target, lanes: int) -> str | None:
+    """The tensor intrinsic for one pixel-lane step on `target`, registered on first use; None: none."""
+    from tvm.s_tir import TensorIntrin
+
+    if has_vnni(target):
+        name, data_dtype, implementation = VNNI_PIXELS.format(lanes=lanes), "uint8", _vnni
+    elif has_signed_dot(target):
+        name, data_dtype, implementation = SDOT_PIXELS.format(lanes=lanes), "int8", _sdot
+    else:
+        return None
+    if TensorIntrin.get(name, allow_missing=True) is None:
+        TensorIntrin.register(name, _description(lanes, data_dtype), implementation(lanes))
+    return name
+
+
+def choose_pixel_tile(out_channels: int, vectors_per_row: int, budget: int) -> tuple[int, int]:
+    """(v output channels, t pixel vectors): v * t <= budget accumulators, v dividing the channels
+    and t the row; the most dot products per tile, then the fewest vectors per step."""
+    best = (1, 1)
+    for t in (1, 2, 3, 4):
+        if vectors_per_row % t:
+            continue
+        v = max((d for d in range(1, budget // t + 1) if out_channels % d == 0), default=1)
+        if v * t > best[0] * best[1]:
+            best = (v, t)
+    return best
+
+
+class Int8PixelConv2dRule(dl.ScheduleRule):
+    """Schedule for the `qconv1x1_pixels` kernels (module docstring)."""
+
+    name = "conv2d-int8-pixels"
+
+    def apply(self, func, target, tunable):
+        from .int8_schedules import find_int8_kernel
+
+        found = find_int8_kernel(func, target, PIXEL_BLOCK)
+        if found is None:
+            return None
+        sch, infos, conv, lanes = found
+        intrinsic = pixel_intrinsic(target, lanes)
+        before, after = infos[:infos.index(conv)], infos[infos.index(conv) + 1:]
+        if intrinsic is None or len(before) != 1:
+            return None
+        for info in after[:-1]:
+            sch.compute_inline(info.block_rv)
+        block = conv.block_rv
+        batch, channels, _, width = (int(e) for e in sch.get(block).writes[0].source.shape)
+        *batch_loops, co, oh, ow, c4, inner = sch.get_loops(block)
+        if len(batch_loops) != (batch > 1):
+            return None
+        registers_per_accumulator = 1 if has_vnni(target) else lanes // 4  # a zmm / ymm, or NEON q registers
+        v, t = choose_pixel_tile(channels, width // lanes, register_budget(target) // registers_per_accumulator)
+        coo, cv = sch.split(co, [None, v])
+        owo, owt, owl = sch.split(ow, [None, t, lanes])
+        sch.reorder(*batch_loops, coo, oh, owo, c4, cv, owt, owl, inner)
+        epilogue = attach_epilogue(sch, block, after[-1].block_rv if after else None, owo)
+        rows, columns = sch.get_loops(epilogue)[-2:]  # v rows of t * L contiguous pixels: vector stores
+        sch.vectorize(columns)
+        sch.unroll(rows)  # else LLVM vectorizes across the rows: a byte scatter
+        sch.parallel(sch.fuse(*batch_loops, coo, oh))
+        sch.unroll(cv)
+        sch.unroll(owt)
+        pack_loops = sch.get_loops(before[0].block_rv)  # (n,) c4, h, w, i: parallel over rows
+        sch.parallel(sch.fuse(*pack_loops[:-2]))
+        init = sch.decompose_reduction(block, c4)
+        sch.vectorize(sch.get_loops(init)[-1])
+        sch.tensorize(owl, intrinsic)
+        return sch
