@@ -34,7 +34,7 @@ from tvm.s_tir import dlight as dl
 from .int8_kernels import BLOCK_ATTR, data_shift, has_signed_dot, has_vnni, kernel_data_dtype
 from .schedule_common import attach_epilogue, register_budget
 
-PIXEL_BLOCK = "qconv1x1_pixels"  # not a prefix of int8_kernels.QCONV_BLOCK's kernels, nor they of it
+PIXEL_BLOCK = "qconv_pixels"  # not a prefix of int8_kernels.QCONV_BLOCK's kernels, nor they of it
 VNNI_PIXELS = "slimgraph_vnni_pixels_{lanes}x4_u8i8i32"
 SDOT_PIXELS = "slimgraph_sdot_pixels_{lanes}x4_i8i8i32"
 
@@ -44,50 +44,58 @@ def pixel_lanes(width: int) -> int:
     return next((lanes for lanes in (16, 8) if width % lanes == 0), 0)
 
 
-def uses_pixel_lanes(weight_shape, stride, padding, groups: int, out_shape, dot_product: bool) -> bool:
+def uses_pixel_lanes(weight_shape, dilation, groups: int, out_shape, dot_product: bool) -> bool:
     """Does the integer conv take this kernel (module docstring) rather than the channel-lane one?"""
-    out_channels, _, kernel_h, kernel_w = (int(e) for e in weight_shape)
-    return (dot_product and groups == 1 and (kernel_h, kernel_w) == (1, 1) and tuple(stride) == (1, 1)
-            and not any(padding) and out_channels % 8 == 0 and pixel_lanes(int(out_shape[3])) > 0)
+    return (dot_product and groups == 1 and tuple(dilation) == (1, 1) and int(weight_shape[0]) % 8 == 0
+            and pixel_lanes(int(out_shape[3])) > 0)
 
 
 def pack_pixel_weight(weight):
-    """Wp[o, c // 4, c % 4] = W[o, c, 0, 0], 0 for c >= C (TE: folded at compile time)."""
+    """Wp[o, c // 4, kh, kw, c % 4] = W[o, c, kh, kw], 0 for c >= C (TE: folded at compile time)."""
     from tvm import te
 
-    out_channels, in_channels = (int(e) for e in weight.shape[:2])
+    out_channels, in_channels, kernel_h, kernel_w = (int(e) for e in weight.shape)
 
-    def element(o, c4, i):
+    def element(o, c4, y, x, i):
         channel = c4 * 4 + i
-        return tirx.if_then_else(channel < in_channels, weight[o, tirx.min(channel, in_channels - 1), 0, 0],
+        return tirx.if_then_else(channel < in_channels, weight[o, tirx.min(channel, in_channels - 1), y, x],
                                  tirx.const(0, "int8"))
 
-    return te.compute((out_channels, -(-in_channels // 4), 4), element, name="packed_weight")
+    return te.compute((out_channels, -(-in_channels // 4), kernel_h, kernel_w, 4), element, name="packed_weight")
 
 
-def qconv1x1_pixels_acc(data, packed, x_zero_point: int):
-    """int32 accumulator of the pixel-lane 1x1 conv (module docstring), without the bias."""
+def qconv_pixels_acc(data, packed, strides, padding, x_zero_point: int):
+    """int32 accumulator of the pixel-lane conv (module docstring), without the bias."""
     from tvm import te
 
     batch, in_channels, height, width = (int(e) for e in data.shape)
-    out_channels, groups4, _ = (int(e) for e in packed.shape)
+    out_channels, groups4, kernel_h, kernel_w, _ = (int(e) for e in packed.shape)
+    (stride_h, stride_w), (top, left) = strides, padding
+    out_h = (height + 2 * top - kernel_h) // stride_h + 1
+    out_w = (width + 2 * left - kernel_w) // stride_w + 1
+    rows, columns = (out_h - 1) * stride_h + kernel_h, out_w + (kernel_w - 1) // stride_w
     dtype, shift = kernel_data_dtype(), data_shift(str(data.dtype))
 
-    def interleave(n, c4, h, w, i):
-        channel = c4 * 4 + i
-        value = data[n, tirx.min(channel, in_channels - 1), h, w]
+    def interleave(n, c4, y, phase, column, i):
+        channel, row, x = c4 * 4 + i, y - top, column * stride_w + phase - left
+        inside = tirx.all(channel < in_channels, row >= 0, row < height, x >= 0, x < width)
+        value = data[n, tirx.min(channel, in_channels - 1), tirx.max(tirx.min(row, height - 1), 0),
+                     tirx.max(tirx.min(x, width - 1), 0)]
         if shift:
             value = (value.astype("int32") + shift).astype(dtype)
-        return tirx.if_then_else(channel < in_channels, value, tirx.const(x_zero_point + shift, dtype))
+        return tirx.if_then_else(inside, value, tirx.const(x_zero_point + shift, dtype))
 
-    packed_data = te.compute((batch, groups4, height, width, 4), interleave, name="pack_pixels")
+    packed_data = te.compute((batch, groups4, rows, stride_w, columns, 4), interleave, name="pack_pixels")
     rc = te.reduce_axis((0, groups4), name="rc")
+    ry = te.reduce_axis((0, kernel_h), name="ry")
+    rx = te.reduce_axis((0, kernel_w), name="rx")
     ri = te.reduce_axis((0, 4), name="ri")
     return te.compute(
-        (batch, out_channels, height, width),
-        lambda n, o, y, x: te.sum(packed_data[n, rc, y, x, ri].astype("int32") * packed[o, rc, ri].astype("int32"),
-                                  axis=[rc, ri]),
-        name=PIXEL_BLOCK, attrs={BLOCK_ATTR: pixel_lanes(width)})
+        (batch, out_channels, out_h, out_w),
+        lambda n, o, y, x: te.sum(
+            packed_data[n, rc, y * stride_h + ry, rx % stride_w, x + rx // stride_w, ri].astype("int32")
+            * packed[o, rc, ry, rx, ri].astype("int32"), axis=[rc, ry, rx, ri]),
+        name=PIXEL_BLOCK, attrs={BLOCK_ATTR: pixel_lanes(out_w)})
 
 
 def _description(lanes: int, data_dtype: str):
@@ -178,7 +186,7 @@ def choose_pixel_tile(out_channels: int, vectors_per_row: int, budget: int) -> t
 
 
 class Int8PixelConv2dRule(dl.ScheduleRule):
-    """Schedule for the `qconv1x1_pixels` kernels (module docstring)."""
+    """Schedule for the `qconv_pixels` kernels (module docstring)."""
 
     name = "conv2d-int8-pixels"
 
@@ -197,14 +205,15 @@ class Int8PixelConv2dRule(dl.ScheduleRule):
             sch.compute_inline(info.block_rv)
         block = conv.block_rv
         batch, channels, _, width = (int(e) for e in sch.get(block).writes[0].source.shape)
-        *batch_loops, co, oh, ow, c4, inner = sch.get_loops(block)
-        if len(batch_loops) != (batch > 1):
-            return None
+        loops = sch.get_loops(block)
+        spatial = 3 + (batch > 1)
+        *batch_loops, co, oh, ow = loops[:spatial]
+        *outer_reduction, inner = loops[spatial:]
         registers_per_accumulator = 1 if has_vnni(target) else lanes // 4  # a zmm / ymm, or NEON q registers
         v, t = choose_pixel_tile(channels, width // lanes, register_budget(target) // registers_per_accumulator)
         coo, cv = sch.split(co, [None, v])
         owo, owt, owl = sch.split(ow, [None, t, lanes])
-        sch.reorder(*batch_loops, coo, oh, owo, c4, cv, owt, owl, inner)
+        sch.reorder(*batch_loops, coo, oh, owo, *outer_reduction, cv, owt, owl, inner)
         epilogue = attach_epilogue(sch, block, after[-1].block_rv if after else None, owo)
         rows, columns = sch.get_loops(epilogue)[-2:]  # v rows of t * L contiguous pixels: vector stores
         sch.vectorize(columns)
@@ -212,9 +221,9 @@ class Int8PixelConv2dRule(dl.ScheduleRule):
         sch.parallel(sch.fuse(*batch_loops, coo, oh))
         sch.unroll(cv)
         sch.unroll(owt)
-        pack_loops = sch.get_loops(before[0].block_rv)  # (n,) c4, h, w, i: parallel over rows
-        sch.parallel(sch.fuse(*pack_loops[:-2]))
-        init = sch.decompose_reduction(block, c4)
+        pack_loops = sch.get_loops(before[0].block_rv)  # (n, c4, rows, phase,) columns, i: parallel over rows
+        sch.parallel(sch.fuse(*pack_loops[:-2]) if len(pack_loops) > 2 else pack_loops[0])
+        init = sch.decompose_reduction(block, outer_reduction[0])
         sch.vectorize(sch.get_loops(init)[-1])
         sch.tensorize(owl, intrinsic)
         return sch

@@ -126,7 +126,7 @@ def qconv2d(node, importer):
 
     from .int8_kernels import (OUTPUT_BLOCK, data_shift, exact_in_float32, has_dot_product, pack_conv_weight, qconv2d_acc,
                                qgrouped_conv2d_acc)
-    from .int8_pixels import pack_pixel_weight, qconv1x1_pixels_acc, uses_pixel_lanes
+    from .int8_pixels import pack_pixel_weight, qconv_pixels_acc, uses_pixel_lanes
 
     bb = importer.block_builder
     x, weight, bias, scale = (importer.env[a] for a in node.args[:4])
@@ -139,9 +139,10 @@ def qconv2d(node, importer):
                          x_zero_point, primfunc_name_hint="qconv2d_grouped")
         return _requantize(importer, acc, _folded_bias(importer, bias, weight, x_zero_point), scale,
                            out_zero_point, low, high, out_dtype, 1)
-    if uses_pixel_lanes(weight.ty.shape, stride, padding, groups, node.meta["val"].shape, has_dot_product()):
+    if uses_pixel_lanes(weight.ty.shape, dilation, groups, node.meta["val"].shape, has_dot_product()):
         packed = bb.emit_te(pack_pixel_weight, weight, primfunc_name_hint="pack_int8_pixel_weight")
-        acc = bb.emit_te(qconv1x1_pixels_acc, x, packed, x_zero_point, primfunc_name_hint="qconv1x1")
+        acc = bb.emit_te(qconv_pixels_acc, x, packed, list(stride), list(padding), x_zero_point,
+                         primfunc_name_hint="qconv_pixels")
     else:
         packed = bb.emit_te(pack_conv_weight, weight, OUTPUT_BLOCK, primfunc_name_hint="pack_int8_conv_weight")
         acc = bb.emit_te(qconv2d_acc, x, packed, int(weight.ty.shape[0]), list(stride), list(padding), list(dilation),

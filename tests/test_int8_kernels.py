@@ -49,10 +49,13 @@ CONVS = {  # name: (x shape, x dtype, weight shape, stride, padding, groups, out
     "grouped": ((1, 8, 6, 6), torch.uint8, (8, 4, 3, 3), 1, 1, 2, ("-inf", "inf"), "float32"),
     # 64 channels x 3 x 3 per group: sums too long for exact float32, so the int32 kernel; int8 input
     "grouped-int32-sums-int8-in": ((1, 128, 6, 6), torch.int8, (32, 64, 3, 3), 1, 1, 2, (-128.0, 127.0), "int8"),
-    # 1x1, stride 1, unpadded, width divisible by 8: the pixel-lane kernel (lowering/int8_pixels.py)
+    # output width divisible by 8: the pixel-lane kernel (lowering/int8_pixels.py)
     "pixels-16-lanes-6-channels": ((1, 6, 3, 32), torch.uint8, (24, 6, 1, 1), 1, 0, 1, (0.0, 255.0), "uint8"),
     "pixels-8-lanes-int8-in-batch2": ((2, 20, 3, 56), torch.int8, (16, 20, 1, 1), 1, 0, 1, (-128.0, 127.0), "int8"),
     "pixels-40-outputs-float-out": ((1, 16, 2, 16), torch.uint8, (40, 16, 1, 1), 1, 0, 1, (0.0, "inf"), "float32"),
+    "pixels-3x3-stride2-3-channels": ((1, 3, 9, 32), torch.uint8, (32, 3, 3, 3), 2, 1, 1, (0.0, 255.0), "uint8"),
+    "pixels-7x7-stride2-pad3-int8-in": ((1, 3, 10, 31), torch.int8, (16, 3, 7, 7), 2, 3, 1, (-128.0, 127.0), "int8"),
+    "pixels-3x3-pad1-8-lanes-batch2": ((2, 12, 5, 8), torch.uint8, (8, 12, 3, 3), 1, 1, 1, (0.0, "inf"), "float32"),
 }
 PIXEL_CASES = [case for case in CONVS if case.startswith("pixels")]
 
@@ -124,14 +127,14 @@ def test_channels_not_divisible_by_16_and_single_rows_still_use_vnni(graph_of, c
 
 
 @pytest.mark.parametrize("case", PIXEL_CASES)
-def test_wide_1x1_convs_put_pixels_in_the_lanes_and_store_whole_rows(case):
+def test_convs_with_width_divisible_by_8_put_pixels_in_the_lanes_and_store_whole_rows(case):
     """The pixel-lane kernel: vpdpbusd on zmm (16 pixels) or ymm (8) registers, and an epilogue
     that writes each output row with vector stores, no byte-by-byte scatter."""
-    graph, _ = conv_graph(case)
+    graph, x = conv_graph(case)
     _, optimized, _ = lower(graph, resolve_target("x86").tvm_target())
-    assert [name for name in kernel_names(optimized) if "qconv1x1" in name], kernel_names(optimized)
+    assert [name for name in kernel_names(optimized) if "qconv_pixels" in name], kernel_names(optimized)
     assembly = x86_assembly(graph)
-    register = "zmm" if CONVS[case][0][3] % 16 == 0 else "ymm"
+    register = "zmm" if graph.run(x)[0].shape[3] % 16 == 0 else "ymm"
     assert re.search(rf"vpdpbusd\s+\S+, %{register}\d+, %{register}\d+", assembly), f"no vpdpbusd on {register}"
     assert "vpextrb" not in assembly and "vpscatter" not in assembly
 
