@@ -30,6 +30,7 @@ from tvm.s_tir.dlight.base import try_inline_contiguous_spatial
 
 from .conv_packed import PackedConv2dRule
 from .grouped_conv import INTERIOR_ATTR, plane_depth, schedule_padding
+from .int8_depthwise import Int8DepthwiseRule
 from .int8_pixels import Int8PixelConv2dRule
 from .int8_schedules import Int8Conv2dRule, Int8DenseRule
 from .schedule_common import epilogue_at, is_scheduled, largest_divisor, register_budget, vector_lanes
@@ -220,8 +221,9 @@ VECTOR_ROW_LANES = 4  # a row of up to 4 x lanes elements is one vector (LLVM sp
 ELEMENTWISE_PARALLEL_MIN = 16384  # elements; below it a second thread costs more than it saves
 
 # First match wins. TVM's own CPU rules follow ours: GEMV (batch-1 dense) and reductions.
-CPU_RULES: list[dl.ScheduleRule] = [Int8PixelConv2dRule(), Int8Conv2dRule(), Int8DenseRule(), PackedConv2dRule(),
-                                    DenseRule(), Conv2dRule(), ElementwiseRule(), dl.cpu.GEMV(), dl.cpu.Reduction()]
+CPU_RULES: list[dl.ScheduleRule] = [Int8PixelConv2dRule(), Int8DepthwiseRule(), Int8Conv2dRule(), Int8DenseRule(),
+                                    PackedConv2dRule(), DenseRule(), Conv2dRule(), ElementwiseRule(), dl.cpu.GEMV(),
+                                    dl.cpu.Reduction()]
 
 
 def schedule_cpu(mod, target) -> tuple[object, list[str]]:

@@ -126,12 +126,21 @@ def qconv2d(node, importer):
 
     from .int8_kernels import (OUTPUT_BLOCK, data_shift, exact_in_float32, has_dot_product, pack_conv_weight, qconv2d_acc,
                                qgrouped_conv2d_acc)
+    from .int8_depthwise import depthwise_acc, pack_depthwise_weight, uses_depthwise_dot
     from .int8_pixels import pack_pixel_weight, qconv_pixels_acc, uses_pixel_lanes
 
     bb = importer.block_builder
     x, weight, bias, scale = (importer.env[a] for a in node.args[:4])
     x_zero_point, out_zero_point, stride, padding, dilation, groups, low, high, out_dtype = node.args[4:13]
-    if groups != 1:  # depthwise / grouped: no dot-product layout; the kernel widens either 8-bit type
+    in_channels = int(x.ty.shape[1])
+    if uses_depthwise_dot(weight.ty.shape, in_channels, groups, dilation, has_dot_product()):
+        packed = bb.emit_te(pack_depthwise_weight, weight, primfunc_name_hint="pack_int8_depthwise_weight")
+        acc = bb.emit_te(depthwise_acc, x, packed, int(weight.ty.shape[3]), list(stride), list(padding), x_zero_point,
+                         primfunc_name_hint="qdepthwise")
+        folded_zero_point = x_zero_point + data_shift(str(x.ty.dtype))
+        return _requantize(importer, acc, _folded_bias(importer, bias, weight, folded_zero_point), scale,
+                           out_zero_point, low, high, out_dtype, 1)
+    if groups != 1:  # grouped, or no dot product: no dot-product layout; the kernel widens either 8-bit type
         _, group_channels, kernel_h, kernel_w = (int(d) for d in weight.ty.shape)
         exact = exact_in_float32(group_channels * kernel_h * kernel_w)  # then the sum runs in float32
         terms = bb.emit(relax.op.astype(weight, "float32")) if exact else weight

@@ -121,16 +121,20 @@ def test_int8_digit_cnn_on_arm64_matches_its_realized_graph_exactly(preset, tmp_
 
 @needs_qemu
 @pytest.mark.parametrize("preset", ["arm64", "arm64-dotprod"])
-@pytest.mark.parametrize("case", ["pixels-16-lanes-6-channels", "pixels-8-lanes-int8-in-batch2",
-                                  "pixels-3x3-stride2-3-channels"])
-def test_pixel_lane_int8_convs_match_their_reference_exactly_on_arm64(case, preset):
-    """arm64-dotprod runs the pixel-lane kernel (lowering/int8_pixels.py: L / 4 sdot per step),
-    plain arm64 the channel-lane one; both bit for bit under qemu."""
+@pytest.mark.parametrize("case,kernel", [("pixels-16-lanes-6-channels", "qconv_pixels"),
+                                         ("pixels-8-lanes-int8-in-batch2", "qconv_pixels"),
+                                         ("pixels-3x3-stride2-3-channels", "qconv_pixels"),
+                                         ("depthwise-dot-14-wide", "qdepthwise"),
+                                         ("depthwise-dot-stride2-int8-in-batch2", "qdepthwise"),
+                                         ("depthwise-dot-7-wide-partial-rows", "qdepthwise")])
+def test_pixel_lane_int8_convs_match_their_reference_exactly_on_arm64(case, kernel, preset):
+    """arm64-dotprod runs the pixel-lane kernels (lowering/int8_pixels.py, int8_depthwise.py: L / 4
+    sdot per step), plain arm64 the channel-lane and float32-sum ones; all bit for bit under qemu."""
     from slimgraph.tests.test_int8_kernels import conv_graph
 
     graph, x = conv_graph(case)
     compiled = slimgraph.compile(graph, target=preset, pipeline="none", check=False)
-    assert any("qconv_pixels" in name for name in compiled.report.kernels) == (preset == "arm64-dotprod")
+    assert any(kernel in name for name in compiled.report.kernels) == (preset == "arm64-dotprod")
     np.testing.assert_array_equal(np.asarray(compiled(x.numpy())[0]), graph.run(x)[0].numpy())
 
 

@@ -56,8 +56,13 @@ CONVS = {  # name: (x shape, x dtype, weight shape, stride, padding, groups, out
     "pixels-3x3-stride2-3-channels": ((1, 3, 9, 32), torch.uint8, (32, 3, 3, 3), 2, 1, 1, (0.0, 255.0), "uint8"),
     "pixels-7x7-stride2-pad3-int8-in": ((1, 3, 10, 31), torch.int8, (16, 3, 7, 7), 2, 3, 1, (-128.0, 127.0), "int8"),
     "pixels-3x3-pad1-8-lanes-batch2": ((2, 12, 5, 8), torch.uint8, (8, 12, 3, 3), 1, 1, 1, (0.0, "inf"), "float32"),
+    # multiplier-1 depthwise, kw <= 4: the dot-product depthwise kernel (lowering/int8_depthwise.py)
+    "depthwise-dot-14-wide": ((1, 5, 14, 14), torch.uint8, (5, 1, 3, 3), 1, 1, 5, (0.0, 255.0), "uint8"),
+    "depthwise-dot-stride2-int8-in-batch2": ((2, 6, 15, 16), torch.int8, (6, 1, 3, 3), 2, 1, 6, (-128.0, 127.0), "int8"),
+    "depthwise-dot-7-wide-partial-rows": ((1, 4, 7, 7), torch.int8, (4, 1, 3, 3), 1, 1, 4, (-128.0, 127.0), "int8"),
+    "depthwise-dot-32-wide-float-out": ((1, 3, 4, 32), torch.uint8, (3, 1, 3, 3), 1, 1, 3, (0.0, "inf"), "float32"),
 }
-PIXEL_CASES = [case for case in CONVS if case.startswith("pixels")]
+PIXEL_CASES = [case for case in CONVS if case.startswith(("pixels", "depthwise-dot")) and "partial" not in case]
 
 
 def conv_call(stride, padding, groups, out_range, out_dtype) -> str:
@@ -132,7 +137,8 @@ def test_convs_with_width_divisible_by_8_put_pixels_in_the_lanes_and_store_whole
     that writes each output row with vector stores, no byte-by-byte scatter."""
     graph, x = conv_graph(case)
     _, optimized, _ = lower(graph, resolve_target("x86").tvm_target())
-    assert [name for name in kernel_names(optimized) if "qconv_pixels" in name], kernel_names(optimized)
+    kernel = "qdepthwise" if case.startswith("depthwise") else "qconv_pixels"
+    assert [name for name in kernel_names(optimized) if kernel in name], kernel_names(optimized)
     assembly = x86_assembly(graph)
     register = "zmm" if graph.run(x)[0].shape[3] % 16 == 0 else "ymm"
     assert re.search(rf"vpdpbusd\s+\S+, %{register}\d+, %{register}\d+", assembly), f"no vpdpbusd on {register}"
