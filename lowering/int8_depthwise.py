@@ -35,6 +35,7 @@ from tvm.s_tir import dlight as dl
 from .grouped_conv import INTERIOR_ATTR, schedule_padding
 from .int8_kernels import BLOCK_ATTR, data_shift, kernel_data_dtype
 from .int8_pixels import pixel_intrinsic
+from .schedule_common import row_vector_width
 
 DEPTHWISE_BLOCK = "qdepthwise_dot"
 ACCUMULATORS = 16  # vector accumulators per tile: half the register file, the rest for the data
@@ -110,10 +111,6 @@ def _tile(out_h: int, vectors: int) -> tuple[int, int]:
     return t_h, t_w
 
 
-def _vector_width(width: int) -> int:
-    return next((d for d in (16, 14, 8, 7, 4) if width % d == 0), 1)
-
-
 class Int8DepthwiseRule(dl.ScheduleRule):
     """Schedule for the `qdepthwise_dot` kernels (module docstring)."""
 
@@ -152,7 +149,7 @@ class Int8DepthwiseRule(dl.ScheduleRule):
             epilogue = after[-1].block_rv
             sch.reverse_compute_at(epilogue, outer)
             columns = sch.get_loops(epilogue)[-1]
-            sch.vectorize(sch.split(columns, [None, _vector_width(int(sch.get(columns).extent))])[1])
+            sch.vectorize(sch.split(columns, [None, row_vector_width(int(sch.get(columns).extent))])[1])
         sch.unroll(oht)
         sch.unroll(owt)
         init = sch.decompose_reduction(block, kh)

@@ -38,7 +38,7 @@ from tvm import s_tir, tirx
 from tvm.s_tir import dlight as dl
 
 from .int8_kernels import BLOCK_ATTR, data_shift, has_signed_dot, has_vnni, kernel_data_dtype
-from .schedule_common import attach_epilogue, register_budget
+from .schedule_common import attach_epilogue, reads_directly, register_budget, row_vector_width
 
 PIXEL_BLOCK = "qconv_pixels"  # not a prefix of int8_kernels.QCONV_BLOCK's kernels, nor they of it
 VNNI_PIXELS = "slimgraph_vnni_pixels_{lanes}x4_u8i8i32"
@@ -50,10 +50,24 @@ def pixel_lanes(width: int) -> int:
     return next((lanes for lanes in (16, 8) if width % lanes == 0), 0)
 
 
-def uses_pixel_lanes(weight_shape, dilation, groups: int, out_shape, dot_product: bool) -> bool:
-    """Does the integer conv take this kernel (module docstring) rather than the channel-lane one?"""
-    return (dot_product and groups == 1 and tuple(dilation) == (1, 1) and int(weight_shape[0]) % 8 == 0
-            and pixel_lanes(int(out_shape[3])) > 0)
+def pixel_layout(weight_shape, stride, padding, dilation, groups: int, out_shape, dot_product: bool) -> str | None:
+    """How the integer conv takes this kernel (module docstring), or None (the channel-lane one):
+    "rows" when 8 divides the output width; "flat" for a 1x1, stride-1, unpadded conv on a
+    narrower map (14x14, 7x7), whose H x W pixels are one row (a reshape, no copy), padded to
+    whole vectors."""
+    out_channels, _, kernel_h, kernel_w = (int(e) for e in weight_shape)
+    if not dot_product or groups != 1 or tuple(dilation) != (1, 1) or out_channels % 8:
+        return None
+    if pixel_lanes(int(out_shape[3])):
+        return "rows"
+    if (kernel_h, kernel_w) != (1, 1) or tuple(stride) != (1, 1) or any(padding):
+        return None
+    return "rows" if int(out_shape[2]) == 1 else "flat"  # a single row is padded to whole vectors
+
+
+def padded_lanes(width: int) -> int:
+    """Pixels per accumulator for a row of `width` that 16 or 8 may not divide (then it is padded)."""
+    return pixel_lanes(width) or (16 if width >= 128 else 8)
 
 
 def pack_pixel_weight(weight):
@@ -79,7 +93,9 @@ def qconv_pixels_acc(data, packed, strides, padding, x_zero_point: int):
     (stride_h, stride_w), (top, left) = strides, padding
     out_h = (height + 2 * top - kernel_h) // stride_h + 1
     out_w = (width + 2 * left - kernel_w) // stride_w + 1
-    rows, columns = (out_h - 1) * stride_h + kernel_h, out_w + (kernel_w - 1) // stride_w
+    lanes = padded_lanes(out_w)
+    padded_w = -(-out_w // lanes) * lanes
+    rows, columns = (out_h - 1) * stride_h + kernel_h, padded_w + (kernel_w - 1) // stride_w
     dtype, shift = kernel_data_dtype(), data_shift(str(data.dtype))
 
     def interleave(n, c4, y, phase, column, i):
@@ -96,12 +112,15 @@ def qconv_pixels_acc(data, packed, strides, padding, x_zero_point: int):
     ry = te.reduce_axis((0, kernel_h), name="ry")
     rx = te.reduce_axis((0, kernel_w), name="rx")
     ri = te.reduce_axis((0, 4), name="ri")
-    return te.compute(
-        (batch, out_channels, out_h, out_w),
+    acc = te.compute(
+        (batch, out_channels, out_h, padded_w),
         lambda n, o, y, x: te.sum(
             packed_data[n, rc, y * stride_h + ry, rx % stride_w, x + rx // stride_w, ri].astype("int32")
             * packed[o, rc, ry, rx, ri].astype("int32"), axis=[rc, ry, rx, ri]),
-        name=PIXEL_BLOCK, attrs={BLOCK_ATTR: pixel_lanes(out_w)})
+        name=PIXEL_BLOCK, attrs={BLOCK_ATTR: lanes})
+    if padded_w == out_w:
+        return acc
+    return te.compute((batch, out_channels, out_h, out_w), lambda n, o, y, x: acc[n, o, y, x], name="drop_padding")
 
 
 def _description(lanes: int, data_dtype: str):
@@ -191,6 +210,12 @@ def choose_pixel_tile(out_channels: int, vectors_per_row: int, budget: int) -> t
     return best
 
 
+def _reads_own_tile(sch, consumer, block) -> bool:
+    """Does `consumer` read the accumulator at its own indices, over the same width (no padding)?"""
+    same_width = sch.get(consumer).writes[0].source.shape[-1] == sch.get(block).writes[0].source.shape[-1]
+    return bool(same_width) and reads_directly(sch, consumer, block)
+
+
 class Int8PixelConv2dRule(dl.ScheduleRule):
     """Schedule for the `qconv_pixels` kernels (module docstring)."""
 
@@ -209,22 +234,33 @@ class Int8PixelConv2dRule(dl.ScheduleRule):
             return None
         for info in after[:-1]:
             sch.compute_inline(info.block_rv)
-        block = conv.block_rv
-        batch, channels, _, width = (int(e) for e in sch.get(block).writes[0].source.shape)
+        block, last = conv.block_rv, (after[-1].block_rv if after else None)
+        batch, channels, height, width = (int(e) for e in sch.get(block).writes[0].source.shape)
         loops = sch.get_loops(block)
-        spatial = 3 + (batch > 1)
-        *batch_loops, co, oh, ow = loops[:spatial]
+        spatial = 2 + (height > 1) + (batch > 1)  # unit loops are gone after normalization
+        if height > 1:
+            *batch_loops, co, oh, ow = loops[:spatial]
+            row_loop = [oh]
+        else:
+            (*batch_loops, co, ow), row_loop = loops[:spatial], []
         *outer_reduction, inner = loops[spatial:]
         registers_per_accumulator = 1 if has_vnni(target) else lanes // 4  # a zmm / ymm, or NEON q registers
         v, t = choose_pixel_tile(channels, width // lanes, register_budget(target) // registers_per_accumulator)
         coo, cv = sch.split(co, [None, v])
         owo, owt, owl = sch.split(ow, [None, t, lanes])
-        sch.reorder(*batch_loops, coo, oh, owo, *outer_reduction, cv, owt, owl, inner)
-        epilogue = attach_epilogue(sch, block, after[-1].block_rv if after else None, owo)
-        rows, columns = sch.get_loops(epilogue)[-2:]  # v rows of t * L contiguous pixels: vector stores
-        sch.vectorize(columns)
-        sch.unroll(rows)  # else LLVM vectorizes across the rows: a byte scatter
-        sch.parallel(sch.fuse(*batch_loops, coo, oh))
+        sch.reorder(*batch_loops, coo, *row_loop, owo, *outer_reduction, cv, owt, owl, inner)
+        whole_rows = last is not None and not _reads_own_tile(sch, last, block)
+        if not whole_rows:
+            epilogue = attach_epilogue(sch, block, last, owo)
+            rows, columns = sch.get_loops(epilogue)[-2:]  # v rows of t * L contiguous pixels: vector stores
+            sch.vectorize(columns)
+            sch.unroll(rows)  # else LLVM vectorizes across the rows: a byte scatter
+        outer = sch.fuse(*batch_loops, coo, *row_loop)
+        if whole_rows:  # a padded row (its last vector partly outside), or reshaped back to H x W: per v channels
+            sch.reverse_compute_at(last, outer)
+            columns = sch.get_loops(last)[-1]
+            sch.vectorize(sch.split(columns, [None, row_vector_width(int(sch.get(columns).extent))])[1])
+        sch.parallel(outer)
         sch.unroll(cv)
         sch.unroll(owt)
         pack_loops = sch.get_loops(before[0].block_rv)  # (n, c4, rows, phase,) columns, i: parallel over rows

@@ -122,33 +122,40 @@ def _requantize(importer, acc, bias, scale, out_zero_point: int, low: float, hig
 
 
 def qconv2d(node, importer):
+    x, weight, bias, scale = (importer.env[a] for a in node.args[:4])
+    return _qconv2d(importer, x, weight, bias, scale, node.args[4:13], [int(d) for d in node.meta["val"].shape])
+
+
+def _qconv2d(importer, x, weight, bias, scale, params, out_shape):
+    """The kernel family for this integer conv (docs/user-guide.md, int8 kernels) and its requantization."""
     from tvm import relax
 
+    from .int8_depthwise import depthwise_acc, pack_depthwise_weight, uses_depthwise_dot
     from .int8_kernels import (OUTPUT_BLOCK, data_shift, exact_in_float32, has_dot_product, pack_conv_weight, qconv2d_acc,
                                qgrouped_conv2d_acc)
-    from .int8_depthwise import depthwise_acc, pack_depthwise_weight, uses_depthwise_dot
-    from .int8_pixels import pack_pixel_weight, qconv_pixels_acc, uses_pixel_lanes
+    from .int8_pixels import pack_pixel_weight, pixel_layout, qconv_pixels_acc
 
     bb = importer.block_builder
-    x, weight, bias, scale = (importer.env[a] for a in node.args[:4])
-    x_zero_point, out_zero_point, stride, padding, dilation, groups, low, high, out_dtype = node.args[4:13]
-    in_channels = int(x.ty.shape[1])
+    x_zero_point, out_zero_point, stride, padding, dilation, groups, low, high, out_dtype = params
+    batch, in_channels, height, width = (int(d) for d in x.ty.shape)
+    folded_zero_point = x_zero_point + data_shift(str(x.ty.dtype))  # of the data a dot-product kernel multiplies
+    layout = pixel_layout(weight.ty.shape, stride, padding, dilation, groups, out_shape, has_dot_product())
     if uses_depthwise_dot(weight.ty.shape, in_channels, groups, dilation, has_dot_product()):
         packed = bb.emit_te(pack_depthwise_weight, weight, primfunc_name_hint="pack_int8_depthwise_weight")
         acc = bb.emit_te(depthwise_acc, x, packed, int(weight.ty.shape[3]), list(stride), list(padding), x_zero_point,
                          primfunc_name_hint="qdepthwise")
-        folded_zero_point = x_zero_point + data_shift(str(x.ty.dtype))
-        return _requantize(importer, acc, _folded_bias(importer, bias, weight, folded_zero_point), scale,
-                           out_zero_point, low, high, out_dtype, 1)
-    if groups != 1:  # grouped, or no dot product: no dot-product layout; the kernel widens either 8-bit type
+    elif groups != 1:  # grouped, or no dot product: no dot-product layout; the kernel widens either 8-bit type
         _, group_channels, kernel_h, kernel_w = (int(d) for d in weight.ty.shape)
         exact = exact_in_float32(group_channels * kernel_h * kernel_w)  # then the sum runs in float32
         terms = bb.emit(relax.op.astype(weight, "float32")) if exact else weight
         acc = bb.emit_te(qgrouped_conv2d_acc, x, terms, list(stride), list(padding), list(dilation), groups,
                          x_zero_point, primfunc_name_hint="qconv2d_grouped")
-        return _requantize(importer, acc, _folded_bias(importer, bias, weight, x_zero_point), scale,
-                           out_zero_point, low, high, out_dtype, 1)
-    if uses_pixel_lanes(weight.ty.shape, dilation, groups, node.meta["val"].shape, has_dot_product()):
+        folded_zero_point = x_zero_point
+    elif layout == "flat":  # a 1x1 conv on H x W pixels is one on a 1 x HW row: reshapes are views, no copies
+        flat = bb.emit(relax.op.reshape(x, [batch, in_channels, 1, height * width]))
+        out = _qconv2d(importer, flat, weight, bias, scale, params, [*out_shape[:2], 1, height * width])
+        return bb.emit(relax.op.reshape(out, out_shape))
+    elif layout == "rows":
         packed = bb.emit_te(pack_pixel_weight, weight, primfunc_name_hint="pack_int8_pixel_weight")
         acc = bb.emit_te(qconv_pixels_acc, x, packed, list(stride), list(padding), x_zero_point,
                          primfunc_name_hint="qconv_pixels")
@@ -156,9 +163,8 @@ def qconv2d(node, importer):
         packed = bb.emit_te(pack_conv_weight, weight, OUTPUT_BLOCK, primfunc_name_hint="pack_int8_conv_weight")
         acc = bb.emit_te(qconv2d_acc, x, packed, int(weight.ty.shape[0]), list(stride), list(padding), list(dilation),
                          x_zero_point, primfunc_name_hint="qconv2d")
-    folded_zero_point = x_zero_point + data_shift(str(x.ty.dtype))  # of the data the kernel multiplies
-    return _requantize(importer, acc, _folded_bias(importer, bias, weight, folded_zero_point), scale, out_zero_point, low, high,
-                       out_dtype, 1)
+    return _requantize(importer, acc, _folded_bias(importer, bias, weight, folded_zero_point), scale, out_zero_point,
+                       low, high, out_dtype, 1)
 
 
 def qlinear(node, importer):

@@ -59,6 +59,11 @@ def reads_directly(sch, consumer, producer) -> bool:
 
 
 
+def row_vector_width(width: int) -> int:
+    """Lanes to vectorize a row of `width` elements by: a divisor of it, as wide as 16 at most."""
+    return next((d for d in (16, 14, 8, 7, 4) if width % d == 0), 1)
+
+
 def register_budget(target) -> int:
     """Vector registers the accumulators may take: 24 of the 32 of AVX-512 or NEON, else 12 of 16."""
     attrs = [str(a) for a in (target.attrs.get("mattr") or [])]

@@ -124,6 +124,7 @@ def test_int8_digit_cnn_on_arm64_matches_its_realized_graph_exactly(preset, tmp_
 @pytest.mark.parametrize("case,kernel", [("pixels-16-lanes-6-channels", "qconv_pixels"),
                                          ("pixels-8-lanes-int8-in-batch2", "qconv_pixels"),
                                          ("pixels-3x3-stride2-3-channels", "qconv_pixels"),
+                                         ("pixels-flat-14x14", "qconv_pixels"),
                                          ("depthwise-dot-14-wide", "qdepthwise"),
                                          ("depthwise-dot-stride2-int8-in-batch2", "qdepthwise"),
                                          ("depthwise-dot-7-wide-partial-rows", "qdepthwise")])
