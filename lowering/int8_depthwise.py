@@ -34,7 +34,7 @@ from tvm.s_tir import dlight as dl
 
 from .grouped_conv import INTERIOR_ATTR, schedule_padding
 from .int8_kernels import BLOCK_ATTR, data_shift, kernel_data_dtype
-from .int8_pixels import pixel_intrinsic
+from .int8_pixels import pixel_kernel
 from .schedule_common import row_vector_width
 
 DEPTHWISE_BLOCK = "qdepthwise_dot"
@@ -117,19 +117,10 @@ class Int8DepthwiseRule(dl.ScheduleRule):
     name = "depthwise-int8-dot"
 
     def apply(self, func, target, tunable):
-        from .int8_schedules import find_int8_kernel
-
-        found = find_int8_kernel(func, target, DEPTHWISE_BLOCK)
+        found = pixel_kernel(func, target, DEPTHWISE_BLOCK, stages_before=2)
         if found is None:
             return None
-        sch, infos, conv, lanes = found
-        intrinsic = pixel_intrinsic(target, lanes)
-        before, after = infos[:infos.index(conv)], infos[infos.index(conv) + 1:]
-        if intrinsic is None or len(before) != 2:
-            return None
-        for info in after[:-1]:
-            sch.compute_inline(info.block_rv)
-        block, (plane, taps) = conv.block_rv, (info.block_rv for info in before)
+        sch, (plane, taps), block, last, lanes, intrinsic = found
         batch, _, out_h, padded_w = (int(e) for e in sch.get(block).writes[0].source.shape)
         loops = sch.get_loops(block)
         spatial = 3 + (batch > 1)
@@ -145,10 +136,9 @@ class Int8DepthwiseRule(dl.ScheduleRule):
         sch.compute_at(plane, outer)
         schedule_padding(sch, plane, 16)
         sch.unroll(sch.get_loops(taps)[-1])
-        if after:
-            epilogue = after[-1].block_rv
-            sch.reverse_compute_at(epilogue, outer)
-            columns = sch.get_loops(epilogue)[-1]
+        if last is not None:
+            sch.reverse_compute_at(last, outer)
+            columns = sch.get_loops(last)[-1]
             sch.vectorize(sch.split(columns, [None, row_vector_width(int(sch.get(columns).extent))])[1])
         sch.unroll(oht)
         sch.unroll(owt)

@@ -210,6 +210,27 @@ def choose_pixel_tile(out_channels: int, vectors_per_row: int, budget: int) -> t
     return best
 
 
+def pixel_kernel(func, target, block_name: str, stages_before: int):
+    """(schedule, the blocks before the accumulator, the accumulator, the last block or None, its
+    lanes L, the pixel-lane intrinsic) when `func` is such a kernel with `stages_before` input
+    stages, on a target with a dot product; the epilogue's elementwise chain is inlined into its
+    last block. Else None."""
+    from .int8_schedules import find_int8_kernel
+
+    found = find_int8_kernel(func, target, block_name)
+    if found is None:
+        return None
+    sch, infos, conv, lanes = found
+    intrinsic = pixel_intrinsic(target, lanes)
+    before, after = infos[:infos.index(conv)], infos[infos.index(conv) + 1:]
+    if intrinsic is None or len(before) != stages_before:
+        return None
+    for info in after[:-1]:
+        sch.compute_inline(info.block_rv)
+    last = after[-1].block_rv if after else None
+    return sch, [info.block_rv for info in before], conv.block_rv, last, lanes, intrinsic
+
+
 def _reads_own_tile(sch, consumer, block) -> bool:
     """Does `consumer` read the accumulator at its own indices, over the same width (no padding)?"""
     same_width = sch.get(consumer).writes[0].source.shape[-1] == sch.get(block).writes[0].source.shape[-1]
@@ -222,19 +243,10 @@ class Int8PixelConv2dRule(dl.ScheduleRule):
     name = "conv2d-int8-pixels"
 
     def apply(self, func, target, tunable):
-        from .int8_schedules import find_int8_kernel
-
-        found = find_int8_kernel(func, target, PIXEL_BLOCK)
+        found = pixel_kernel(func, target, PIXEL_BLOCK, stages_before=1)
         if found is None:
             return None
-        sch, infos, conv, lanes = found
-        intrinsic = pixel_intrinsic(target, lanes)
-        before, after = infos[:infos.index(conv)], infos[infos.index(conv) + 1:]
-        if intrinsic is None or len(before) != 1:
-            return None
-        for info in after[:-1]:
-            sch.compute_inline(info.block_rv)
-        block, last = conv.block_rv, (after[-1].block_rv if after else None)
+        sch, (pack,), block, last, lanes, intrinsic = found
         batch, channels, height, width = (int(e) for e in sch.get(block).writes[0].source.shape)
         loops = sch.get_loops(block)
         spatial = 2 + (height > 1) + (batch > 1)  # unit loops are gone after normalization
@@ -263,7 +275,7 @@ class Int8PixelConv2dRule(dl.ScheduleRule):
         sch.parallel(outer)
         sch.unroll(cv)
         sch.unroll(owt)
-        pack_loops = sch.get_loops(before[0].block_rv)  # (n, c4, rows, phase,) columns, i: parallel over rows
+        pack_loops = sch.get_loops(pack)  # (n, c4, rows, phase,) columns, i: parallel over rows
         sch.parallel(sch.fuse(*pack_loops[:-2]) if len(pack_loops) > 2 else pack_loops[0])
         init = sch.decompose_reduction(block, outer_reduction[0])
         sch.vectorize(sch.get_loops(init)[-1])

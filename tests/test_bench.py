@@ -43,4 +43,4 @@ def test_bench_command_times_int8_kernels(capsys):
     code, stdout, _ = run_cli(capsys, "bench", "digit_cnn", "--pipeline", "int8", "--runs", "3", "--top", "20",
                               "--min-repeat-ms", "1", "--quiet")
     assert code == 0
-    assert "qconv2d" in stdout and "qdense" in stdout and "whole model" in stdout
+    assert "qconv" in stdout and "qdense" in stdout and "whole model" in stdout
