@@ -169,3 +169,31 @@ def test_elementwise_rule_keeps_vectors_inside_rows(shape):
     assert compiled.report.lowering_notes == []  # scheduled by a rule
     assembly = generated_source(compiled.executable, x86_host(), "asm")
     assert "vgatherdps" not in assembly and "vpextrb" not in assembly
+
+
+def max_pool_graph(shape, kernel, stride, padding, ceil_mode=False):
+    builder = ir.GraphBuilder("pool")
+    x = builder.input("x", shape, torch.float32)
+    builder.output(builder.call(aten.max_pool2d.default, x, [kernel, kernel], [stride, stride], [padding, padding],
+                                [1, 1], ceil_mode))
+    return builder.build()
+
+
+@pytest.mark.parametrize("shape, kernel, stride, padding, ceil_mode", [
+    ((1, 64, 112, 112), 3, 2, 1, False),  # ResNet-18's pool
+    ((2, 5, 9, 13), 2, 2, 0, False),      # batch 2, odd sizes, no padding
+    ((1, 8, 10, 11), 3, 1, 1, False),     # stride 1
+    ((1, 4, 9, 9), 3, 2, 0, True),        # ceil mode: TVM's own legalization
+])
+def test_max_pool_matches_pytorch_and_pads_a_vectorized_plane(shape, kernel, stride, padding, ceil_mode):
+    """Max pooling is a reduction over lowering/pooling.py's padded plane (padding with the lowest
+    value, a branch-free vectorized interior), scheduled by the direct conv rule; ceil mode keeps
+    TVM's legalization. All match PyTorch, also where every value is negative (the padding never wins)."""
+    graph = max_pool_graph(shape, kernel, stride, padding, ceil_mode)
+    compiled = slimgraph.compile(graph, target="x86", pipeline="none", check=False)
+    x = -torch.rand(shape) - 1.0
+    torch.testing.assert_close(torch.as_tensor(compiled(x.numpy())[0]), graph.run(x)[0], rtol=0, atol=0)
+    _, optimized, _ = lower(graph, resolve_target("x86").tvm_target())
+    (pool,) = [f for gv, f in optimized.functions_items() if isinstance(f, tirx.PrimFunc)]
+    assert is_scheduled(pool)
+    assert ("_partition" in pool.script()) == (not ceil_mode and padding > 0)
