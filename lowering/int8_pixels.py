@@ -27,8 +27,11 @@ Schedule (`Int8PixelConv2dRule`):
     order (n, oo, h, wo | c4, kh, kw, ov, wt, wl, i);  (n, oo, h) parallel;  (wl, i) tensorized
 
 v x t accumulators stay in registers over the reduction (v * t <= the register budget).
-Used for ungrouped, undilated convs whose output width 8 divides and output channels 8 divides,
-on targets with a 4-way int8 dot product (`uses_pixel_lanes`). Measured on a 2-core Zen 4:
+Used on targets with a 4-way int8 dot product for ungrouped, undilated convs whose output
+channels 8 divides (`pixel_layout`): those whose output width 8 divides, row by row; and 1x1,
+stride-1, unpadded convs on narrower maps, whose H x W pixels the converter reshapes into one
+row (a view), padded here to whole vectors (OWp) and cropped; their epilogue then runs per
+block of v channels over the whole row. Measured on a 2-core Zen 4:
 MobileNetV2's 16 -> 96 expansion 0.66 -> 0.30 ms, its first conv 0.22 -> 0.09 ms; ResNet-18's
 64-channel 3x3 convs are as fast either way (both near the VNNI peak).
 """
