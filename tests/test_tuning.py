@@ -60,3 +60,22 @@ def test_trial_counts_are_checked(capsys):
     assert code == 1 and "--trials must be at least 1, got 0" in err
     code, _, err = run_cli(capsys, "compile", "digit_cnn", "--tune", "-3", "--quiet")
     assert code == 1 and "--tune must be 0 or more, got -3" in err
+
+
+def test_tuning_an_int8_model_keeps_its_integer_kernels_exact(tmp_path):
+    """The integer kernels (pixel-lane, channel-lane, dense) go through tuning too: their rule
+    schedules are measured into the database and the search's candidates compete with them; the
+    library built from the database still gives the realized graph's outputs bit for bit."""
+    import numpy as np
+
+    from slimgraph.rewrites import PassManager, parse_pipeline
+
+    from .conftest import imported_model
+
+    _, _, graph = imported_model("digit_cnn")
+    realized = PassManager(parse_pipeline("int8")).run(graph).graph
+    tuning = TuningOptions(trials=6, database=tmp_path / "db")
+    compiled = slimgraph.compile(realized, pipeline="none", check=False, tuning=tuning)
+    assert compiled.report.tuning.tuned and any("qconv" in kernel for kernel in compiled.report.tuning.applied)
+    x = graph.example_inputs(2)
+    np.testing.assert_array_equal(np.asarray(compiled(*x)[0]), realized.run(*x)[0].numpy())
