@@ -34,7 +34,7 @@ from tvm.s_tir import dlight as dl
 
 from .grouped_conv import INTERIOR_ATTR, schedule_padding
 from .int8_kernels import BLOCK_ATTR, data_shift, kernel_data_dtype
-from .int8_pixels import pixel_kernel
+from .int8_pixels import block_axes, pixel_kernel, present
 from .schedule_common import row_vector_width
 
 DEPTHWISE_BLOCK = "qdepthwise_dot"
@@ -44,7 +44,7 @@ ACCUMULATORS = 16  # vector accumulators per tile: half the register file, the r
 def uses_depthwise_dot(weight_shape, in_channels: int, groups: int, dilation, dot_product: bool) -> bool:
     """Does the grouped integer conv take this kernel (module docstring)?"""
     out_channels, group_channels, _, kernel_w = (int(e) for e in weight_shape)
-    return (dot_product and groups == in_channels == out_channels and group_channels == 1 and kernel_w <= 4
+    return (dot_product and groups == in_channels == out_channels > 1 and group_channels == 1 and kernel_w <= 4
             and tuple(dilation) == (1, 1))
 
 
@@ -121,16 +121,13 @@ class Int8DepthwiseRule(dl.ScheduleRule):
         if found is None:
             return None
         sch, (plane, taps), block, last, lanes, intrinsic = found
-        batch, _, out_h, padded_w = (int(e) for e in sch.get(block).writes[0].source.shape)
-        loops = sch.get_loops(block)
-        spatial = 3 + (batch > 1)
-        *batch_loops, channel, oh, ow = loops[:spatial]
-        kh, inner = loops[spatial:]
+        _, _, out_h, padded_w = (int(e) for e in sch.get(block).writes[0].source.shape)
+        (n, channel, oh, ow), (*kernel_rows, inner) = block_axes(sch, block)  # no kernel row loop: 1 x kw
         t_h, t_w = _tile(out_h, padded_w // lanes)
-        oho, oht = sch.split(oh, [None, t_h])
+        row_outer, row_tile = sch.split(oh, [None, t_h]) if oh is not None else (None, None)  # None: one row
         owo, owt, owl = sch.split(ow, [None, t_w, lanes])
-        sch.reorder(*batch_loops, channel, oho, owo, kh, oht, owt, owl, inner)
-        outer = sch.fuse(*batch_loops, channel) if batch_loops else channel
+        sch.reorder(*present(n, channel, row_outer), owo, *kernel_rows, *present(row_tile), owt, owl, inner)
+        outer = sch.fuse(*present(n, channel))
         sch.parallel(outer)
         sch.compute_at(taps, outer)  # the channel's padded plane and rows of taps, in cache
         sch.compute_at(plane, outer)
@@ -140,9 +137,9 @@ class Int8DepthwiseRule(dl.ScheduleRule):
             sch.reverse_compute_at(last, outer)
             columns = sch.get_loops(last)[-1]
             sch.vectorize(sch.split(columns, [None, row_vector_width(int(sch.get(columns).extent))])[1])
-        sch.unroll(oht)
-        sch.unroll(owt)
-        init = sch.decompose_reduction(block, kh)
+        for loop in present(row_tile, owt):
+            sch.unroll(loop)
+        init = sch.decompose_reduction(block, (kernel_rows + present(row_tile, owt))[0])
         sch.vectorize(sch.get_loops(init)[-1])
         sch.tensorize(owl, intrinsic)
         return sch

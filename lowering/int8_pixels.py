@@ -234,6 +234,21 @@ def pixel_kernel(func, target, block_name: str, stages_before: int):
     return sch, [info.block_rv for info in before], conv.block_rv, last, lanes, intrinsic
 
 
+def block_axes(sch, block):
+    """([the loop of each output dimension, None for a unit one that normalization dropped],
+    the reduction loops in order): normalized, a kernel has one loop per block iterator."""
+    stmt = sch.get(block)
+    pairs = list(zip(sch.get_loops(block), stmt.iter_vars))
+    spatial = [(loop, iv.var) for loop, iv in pairs if iv.iter_type == tirx.IterVar.DataPar]
+    axes = [next((loop for loop, var in spatial if region.min.same_as(var)), None) for region in stmt.writes[0].region]
+    return axes, [loop for loop, iv in pairs if iv.iter_type == tirx.IterVar.CommReduce]
+
+
+def present(*loops) -> list:
+    """The loops that exist (block_axes gives None for a dropped unit one)."""
+    return [loop for loop in loops if loop is not None]
+
+
 def _reads_own_tile(sch, consumer, block) -> bool:
     """Does `consumer` read the accumulator at its own indices, over the same width (no padding)?"""
     same_width = sch.get(consumer).writes[0].source.shape[-1] == sch.get(block).writes[0].source.shape[-1]
@@ -250,15 +265,9 @@ class Int8PixelConv2dRule(dl.ScheduleRule):
         if found is None:
             return None
         sch, (pack,), block, last, lanes, intrinsic = found
-        batch, channels, height, width = (int(e) for e in sch.get(block).writes[0].source.shape)
-        loops = sch.get_loops(block)
-        spatial = 2 + (height > 1) + (batch > 1)  # unit loops are gone after normalization
-        if height > 1:
-            *batch_loops, co, oh, ow = loops[:spatial]
-            row_loop = [oh]
-        else:
-            (*batch_loops, co, ow), row_loop = loops[:spatial], []
-        *outer_reduction, inner = loops[spatial:]
+        _, channels, _, width = (int(e) for e in sch.get(block).writes[0].source.shape)
+        (n, co, oh, ow), (*outer_reduction, inner) = block_axes(sch, block)
+        batch_loops, row_loop = present(n), present(oh)
         registers_per_accumulator = 1 if has_vnni(target) else lanes // 4  # a zmm / ymm, or NEON q registers
         v, t = choose_pixel_tile(channels, width // lanes, register_budget(target) // registers_per_accumulator)
         coo, cv = sch.split(co, [None, v])
@@ -280,7 +289,7 @@ class Int8PixelConv2dRule(dl.ScheduleRule):
         sch.unroll(owt)
         pack_loops = sch.get_loops(pack)  # (n, c4, rows, phase,) columns, i: parallel over rows
         sch.parallel(sch.fuse(*pack_loops[:-2]) if len(pack_loops) > 2 else pack_loops[0])
-        init = sch.decompose_reduction(block, outer_reduction[0])
+        init = sch.decompose_reduction(block, (outer_reduction or [cv])[0])  # 4 channels, 1x1: i is the reduction
         sch.vectorize(sch.get_loops(init)[-1])
         sch.tensorize(owl, intrinsic)
         return sch

@@ -127,7 +127,9 @@ def test_int8_digit_cnn_on_arm64_matches_its_realized_graph_exactly(preset, tmp_
                                          ("pixels-flat-14x14", "qconv_pixels"),
                                          ("depthwise-dot-14-wide", "qdepthwise"),
                                          ("depthwise-dot-stride2-int8-in-batch2", "qdepthwise"),
-                                         ("depthwise-dot-7-wide-partial-rows", "qdepthwise")])
+                                         ("depthwise-dot-7-wide-partial-rows", "qdepthwise"),
+                                         ("depthwise-dot-one-output-row", "qdepthwise"),
+                                         ("pixels-1x1-3-channels-one-group", "qconv_pixels")])
 def test_pixel_lane_int8_convs_match_their_reference_exactly_on_arm64(case, kernel, preset):
     """arm64-dotprod runs the pixel-lane kernels (lowering/int8_pixels.py, int8_depthwise.py: L / 4
     sdot per step), plain arm64 the channel-lane and float32-sum ones; all bit for bit under qemu."""

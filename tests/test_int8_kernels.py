@@ -56,13 +56,17 @@ CONVS = {  # name: (x shape, x dtype, weight shape, stride, padding, groups, out
     "pixels-3x3-stride2-3-channels": ((1, 3, 9, 32), torch.uint8, (32, 3, 3, 3), 2, 1, 1, (0.0, 255.0), "uint8"),
     "pixels-7x7-stride2-pad3-int8-in": ((1, 3, 10, 31), torch.int8, (16, 3, 7, 7), 2, 3, 1, (-128.0, 127.0), "int8"),
     "pixels-3x3-pad1-8-lanes-batch2": ((2, 12, 5, 8), torch.uint8, (8, 12, 3, 3), 1, 1, 1, (0.0, "inf"), "float32"),
+    "pixels-1x1-3-channels-one-group": ((1, 3, 2, 16), torch.uint8, (8, 3, 1, 1), 1, 0, 1, (0.0, 255.0), "uint8"),
     # 1x1 on a map whose width 8 does not divide: its H x W pixels as one row, padded to whole vectors
     "pixels-flat-14x14": ((1, 24, 14, 14), torch.uint8, (32, 24, 1, 1), 1, 0, 1, (0.0, 255.0), "uint8"),
     "pixels-flat-7x7-int8-in-batch2-partial": ((2, 20, 7, 7), torch.int8, (16, 20, 1, 1), 1, 0, 1, (-128.0, 127.0), "int8"),
+    "pixels-flat-7x7-4-channels-partial": ((1, 4, 7, 7), torch.uint8, (8, 4, 1, 1), 1, 0, 1, (0.0, 255.0), "uint8"),
     "pixels-flat-28x28-float-out": ((1, 8, 28, 28), torch.uint8, (16, 8, 1, 1), 1, 0, 1, (0.0, "inf"), "float32"),
     # multiplier-1 depthwise, kw <= 4: the dot-product depthwise kernel (lowering/int8_depthwise.py)
     "depthwise-dot-14-wide": ((1, 5, 14, 14), torch.uint8, (5, 1, 3, 3), 1, 1, 5, (0.0, 255.0), "uint8"),
     "depthwise-dot-stride2-int8-in-batch2": ((2, 6, 15, 16), torch.int8, (6, 1, 3, 3), 2, 1, 6, (-128.0, 127.0), "int8"),
+    "depthwise-dot-one-output-row": ((1, 4, 2, 16), torch.uint8, (4, 1, 3, 3), 2, 1, 4, (0.0, 255.0), "uint8"),
+    "depthwise-dot-1x3-kernel-batch2": ((2, 4, 5, 16), torch.uint8, (4, 1, 1, 3), 1, 0, 4, (0.0, 255.0), "uint8"),
     "depthwise-dot-7-wide-partial-rows": ((1, 4, 7, 7), torch.int8, (4, 1, 3, 3), 1, 1, 4, (-128.0, 127.0), "int8"),
     "depthwise-dot-32-wide-float-out": ((1, 3, 4, 32), torch.uint8, (3, 1, 3, 3), 1, 1, 3, (0.0, "inf"), "float32"),
 }
