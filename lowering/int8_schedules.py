@@ -189,7 +189,7 @@ class Int8Conv2dRule(dl.ScheduleRule):
         for info in before:  # the padded, channel-interleaved copy of the input: its own parallel pass
             pad_loops = sch.get_loops(info.block_rv)
             sch.parallel(sch.fuse(*pad_loops[:-2]) if len(pad_loops) > 3 else pad_loops[0])
-        _finish(sch, block, outer_reduction[0], cl, intrinsic)
+        _finish(sch, block, (outer_reduction or [cv])[0], cl, intrinsic)  # 1x1 over <= 4 channels: only i reduces
         return sch
 
 
