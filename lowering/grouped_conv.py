@@ -25,9 +25,10 @@ from tvm import tirx
 INTERIOR_ATTR = "slimgraph.pad_interior"
 
 
-def padded_plane(data, padding, stride_w: int, dilation_w: int, pad_value, dtype: str):
-    """The padding stage P (or P2 for stride 2), converted to `dtype`; returns (P, read) where
-    read(n, c, y, x) is P at plane column x."""
+def padded_plane(data, padding, stride_w: int, dilation_w: int, pad_value, dtype: str, convert=None):
+    """The padding stage P (or P2 for stride 2), converted to `dtype` (by `convert(value)` when
+    given); returns (P, read) where read(n, c, y, x) is P at plane column x. A negative bottom or
+    right padding leaves out the input's last rows or columns (a plane cut to what a kernel reads)."""
     from tvm import te
 
     batch, channels, height, width = (int(e) for e in data.shape)
@@ -37,7 +38,8 @@ def padded_plane(data, padding, stride_w: int, dilation_w: int, pad_value, dtype
 
     def element(n, c, y, x):
         inside = tirx.all(y >= top, y < height + top, x >= left, x < width + left)
-        return tirx.if_then_else(inside, data[n, c, y - top, x - left].astype(dtype), fill)
+        value = data[n, c, y - top, x - left]
+        return tirx.if_then_else(inside, convert(value) if convert else value.astype(dtype), fill)
 
     if stride_w == 2 and dilation_w == 1:
         half = (columns + 1) // 2
@@ -47,7 +49,7 @@ def padded_plane(data, padding, stride_w: int, dilation_w: int, pad_value, dtype
                            name="pad_temp", attrs={INTERIOR_ATTR: [top, height + top, first, max(first, end)]})
         return plane, lambda n, c, y, x: plane[n, c, y, x % 2, x // 2]
     plane = te.compute((batch, channels, rows, columns), element, name="pad_temp",
-                       attrs={INTERIOR_ATTR: [top, height + top, left, width + left]})
+                       attrs={INTERIOR_ATTR: [top, min(height + top, rows), left, min(width + left, columns)]})
     return plane, lambda n, c, y, x: plane[n, c, y, x]
 
 

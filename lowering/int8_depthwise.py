@@ -32,9 +32,9 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.s_tir import dlight as dl
 
-from .grouped_conv import INTERIOR_ATTR, schedule_padding
+from .grouped_conv import padded_plane, schedule_padding
 from .int8_kernels import BLOCK_ATTR, data_shift, kernel_data_dtype
-from .int8_pixels import block_axes, pixel_kernel, present
+from .int8_pixels import block_axes, padded_lanes, pixel_kernel, present
 from .schedule_common import row_vector_width
 
 DEPTHWISE_BLOCK = "qdepthwise_dot"
@@ -46,11 +46,6 @@ def uses_depthwise_dot(weight_shape, in_channels: int, groups: int, dilation, do
     out_channels, group_channels, _, kernel_w = (int(e) for e in weight_shape)
     return (dot_product and groups == in_channels == out_channels > 1 and group_channels == 1 and kernel_w <= 4
             and tuple(dilation) == (1, 1))
-
-
-def row_lanes(out_width: int) -> int:
-    """Output pixels per vector: 16 when 16 divides the width, else 8 (the row is padded to it)."""
-    return 16 if out_width % 16 == 0 else 8
 
 
 def pack_depthwise_weight(weight):
@@ -75,21 +70,16 @@ def depthwise_acc(data, packed, kernel_w: int, strides, padding, x_zero_point: i
     (stride_h, stride_w), (top, left) = strides, padding
     out_h = (height + 2 * top - kernel_h) // stride_h + 1
     out_w = (width + 2 * left - kernel_w) // stride_w + 1
-    lanes = row_lanes(out_w)
+    lanes = padded_lanes(out_w)
     padded_w = -(-out_w // lanes) * lanes
     rows, columns = (out_h - 1) * stride_h + kernel_h, (padded_w - 1) * stride_w + 4
     dtype, shift = kernel_data_dtype(), data_shift(str(data.dtype))
 
-    def padded(n, c, y, x):
-        row, column = y - top, x - left
-        inside = tirx.all(row >= 0, row < height, column >= 0, column < width)
-        value = data[n, c, tirx.max(tirx.min(row, height - 1), 0), tirx.max(tirx.min(column, width - 1), 0)]
-        if shift:
-            value = (value.astype("int32") + shift).astype(dtype)
-        return tirx.if_then_else(inside, value, tirx.const(x_zero_point + shift, dtype))
+    def to_kernel_dtype(value):
+        return (value.astype("int32") + shift).astype(dtype) if shift else value
 
-    interior = [top, min(rows, height + top), left, max(left, min(columns, width + left))]
-    plane = te.compute((batch, channels, rows, columns), padded, name="pad_plane", attrs={INTERIOR_ATTR: interior})
+    plane, _ = padded_plane(data, (top, left, rows - height - top, columns - width - left), 1, 1,
+                            x_zero_point + shift, dtype, to_kernel_dtype)
     packed_data = te.compute((batch, channels, rows, padded_w, 4),
                              lambda n, c, y, j, k: plane[n, c, y, j * stride_w + k], name="pack_taps")
     ry = te.reduce_axis((0, kernel_h), name="ry")
