@@ -29,7 +29,7 @@ Used for multiplier-1 depthwise convs with kw <= 4, no dilation, on targets with
 """
 from __future__ import annotations
 
-from tvm import s_tir, tirx
+from tvm import tirx
 from tvm.s_tir import dlight as dl
 
 from .grouped_conv import padded_plane, schedule_padding

@@ -130,27 +130,36 @@ def _keep_channels(acc, channels: int, axis: int):
     return te.compute(shape, lambda *index: acc[index], name="drop_padding")
 
 
+def padded_input(data, n, channel, row, column, x_zero_point: int):
+    """data[n, channel, row, column] as kernel_data_dtype() (shifted by data_shift), and the zero
+    point z_x (shifted the same) outside the input and for channels past its last: the element of
+    every packed, padded input copy the dot-product kernels make."""
+    from tvm import tirx
+
+    channels, height, width = (int(e) for e in data.shape[1:])
+    dtype, shift = kernel_data_dtype(), data_shift(str(data.dtype))
+    inside = tirx.all(channel < channels, row >= 0, row < height, column >= 0, column < width)
+    value = data[n, tirx.min(channel, channels - 1), tirx.max(tirx.min(row, height - 1), 0),
+                 tirx.max(tirx.min(column, width - 1), 0)]
+    if shift:
+        value = (value.astype("int32") + shift).astype(dtype)
+    return tirx.if_then_else(inside, value, tirx.const(x_zero_point + shift, dtype))
+
+
 def qconv2d_acc(data, packed, out_channels: int, strides, padding, dilation, x_zero_point: int):
     """int32 accumulator of the packed conv (module docstring), without the bias; `out_channels`
     of the blocks * b it computes are kept. `data` is uint8 or int8 with zero point x_zero_point."""
-    from tvm import te, tirx
+    from tvm import te
 
-    batch, in_channels, height, width = (int(e) for e in data.shape)
+    batch, _, height, width = (int(e) for e in data.shape)
     blocks, groups4, kernel_h, kernel_w, block, _ = (int(e) for e in packed.shape)
     (top, left), (stride_h, stride_w), (dilation_h, dilation_w) = padding, strides, dilation
     padded_h, padded_w = height + 2 * top, width + 2 * left
     out_h = (padded_h - dilation_h * (kernel_h - 1) - 1) // stride_h + 1
     out_w = (padded_w - dilation_w * (kernel_w - 1) - 1) // stride_w + 1
 
-    dtype, shift = kernel_data_dtype(), data_shift(str(data.dtype))
-
     def gather(n, c4, h, w, i):
-        channel, row, column = c4 * 4 + i, h - top, w - left
-        inside = tirx.all(channel < in_channels, row >= 0, row < height, column >= 0, column < width)
-        value = data[n, tirx.min(channel, in_channels - 1), row, column]
-        if shift:
-            value = (value.astype("int32") + shift).astype(dtype)
-        return tirx.if_then_else(inside, value, tirx.const(x_zero_point + shift, dtype))
+        return padded_input(data, n, c4 * 4 + i, h - top, w - left, x_zero_point)
 
     packed_data = te.compute((batch, groups4, padded_h, padded_w, 4), gather, name="pad_pack")
     rc = te.reduce_axis((0, groups4), name="rc")

@@ -37,10 +37,10 @@ MobileNetV2's 16 -> 96 expansion 0.66 -> 0.30 ms, its first conv 0.22 -> 0.09 ms
 """
 from __future__ import annotations
 
-from tvm import s_tir, tirx
+from tvm import tirx
 from tvm.s_tir import dlight as dl
 
-from .int8_kernels import BLOCK_ATTR, data_shift, has_signed_dot, has_vnni, kernel_data_dtype
+from .int8_kernels import BLOCK_ATTR, has_signed_dot, has_vnni, padded_input
 from .schedule_common import attach_epilogue, reads_directly, register_budget, row_vector_width
 
 PIXEL_BLOCK = "qconv_pixels"  # not a prefix of int8_kernels.QCONV_BLOCK's kernels, nor they of it
@@ -91,7 +91,7 @@ def qconv_pixels_acc(data, packed, strides, padding, x_zero_point: int):
     """int32 accumulator of the pixel-lane conv (module docstring), without the bias."""
     from tvm import te
 
-    batch, in_channels, height, width = (int(e) for e in data.shape)
+    batch, _, height, width = (int(e) for e in data.shape)
     out_channels, groups4, kernel_h, kernel_w, _ = (int(e) for e in packed.shape)
     (stride_h, stride_w), (top, left) = strides, padding
     out_h = (height + 2 * top - kernel_h) // stride_h + 1
@@ -99,16 +99,9 @@ def qconv_pixels_acc(data, packed, strides, padding, x_zero_point: int):
     lanes = padded_lanes(out_w)
     padded_w = -(-out_w // lanes) * lanes
     rows, columns = (out_h - 1) * stride_h + kernel_h, padded_w + (kernel_w - 1) // stride_w
-    dtype, shift = kernel_data_dtype(), data_shift(str(data.dtype))
 
     def interleave(n, c4, y, phase, column, i):
-        channel, row, x = c4 * 4 + i, y - top, column * stride_w + phase - left
-        inside = tirx.all(channel < in_channels, row >= 0, row < height, x >= 0, x < width)
-        value = data[n, tirx.min(channel, in_channels - 1), tirx.max(tirx.min(row, height - 1), 0),
-                     tirx.max(tirx.min(x, width - 1), 0)]
-        if shift:
-            value = (value.astype("int32") + shift).astype(dtype)
-        return tirx.if_then_else(inside, value, tirx.const(x_zero_point + shift, dtype))
+        return padded_input(data, n, c4 * 4 + i, y - top, column * stride_w + phase - left, x_zero_point)
 
     packed_data = te.compute((batch, groups4, rows, stride_w, columns, 4), interleave, name="pack_pixels")
     rc = te.reduce_axis((0, groups4), name="rc")
