@@ -12,7 +12,8 @@ from __future__ import annotations
 def cpu_legalize_map(target) -> dict:
     """Our legalizations that replace TVM's for CPU targets: conv2d and matmul with weights packed
     at compile time, max pooling over a padded plane that vectorizes (lowering.pooling),
-    exp / erf / tanh / softmax / GELU without libm's scalar calls (lowering.fast_math). FoldConstant runs before them, so a transposed weight is a constant."""
+    exp / erf / tanh / softmax / GELU without libm's scalar calls (lowering.fast_math).
+    FoldConstant runs before them, so a transposed weight is a constant."""
     from .conv_packed import legalize_conv2d
     from .dense_packed import legalize_matmul
     from .fast_math import FAST_MATH_LEGALIZATIONS
