@@ -51,4 +51,5 @@ def legalize_max_pool2d(bb, call):
     if attrs.layout != "NCHW" or attrs.out_layout != "NCHW" or bool(attrs.ceil_mode):
         return tvm.ir.Op.get("relax.nn.max_pool2d").get_attr("FLegalize")(bb, call)
     return bb.call_te(max_pool2d, call.args[0], [int(k) for k in attrs.pool_size], [int(s) for s in attrs.strides],
-                      [int(p) for p in attrs.padding], [int(d) for d in attrs.dilation], primfunc_name_hint="max_pool2d")
+                      [int(p) for p in attrs.padding], [int(d) for d in attrs.dilation],
+                      primfunc_name_hint="max_pool2d")

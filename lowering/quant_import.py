@@ -131,8 +131,8 @@ def _qconv2d(importer, x, weight, bias, scale, params, out_shape):
     from tvm import relax
 
     from .int8_depthwise import depthwise_acc, pack_depthwise_weight, uses_depthwise_dot
-    from .int8_kernels import (OUTPUT_BLOCK, data_shift, exact_in_float32, has_dot_product, pack_conv_weight, qconv2d_acc,
-                               qgrouped_conv2d_acc)
+    from .int8_kernels import (OUTPUT_BLOCK, data_shift, exact_in_float32, has_dot_product, pack_conv_weight,
+                               qconv2d_acc, qgrouped_conv2d_acc)
     from .int8_pixels import pack_pixel_weight, pixel_layout, qconv_pixels_acc
 
     bb = importer.block_builder
