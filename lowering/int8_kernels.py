@@ -80,6 +80,17 @@ def data_shift(dtype: str) -> int:
     return 0 if dtype == target else (128 if target == "uint8" else -128)
 
 
+def word_broadcast(buffer, copies: int):
+    """The 4 bytes at buffer[0:4] repeated `copies` times: one int32 broadcast, for the tensor
+    intrinsics' implementations (an expression: a named scalar in TVMScript becomes a buffer that
+    the CPU code allocates from the workspace pool on every use)."""
+    from tvm import tirx
+
+    dtype = str(buffer.dtype)
+    word = tirx.reinterpret("int32", buffer.vload([0], f"{dtype}x4"))
+    return tirx.reinterpret(f"{dtype}x{copies * 4}", tirx.Broadcast(word, copies))
+
+
 QCONV_BLOCK = "qconv2d_int8"
 QDENSE_BLOCK = "qdense_int8"
 BLOCK_ATTR = "slimgraph.int8_block"  # block annotation: output channels per packed weight block

@@ -40,7 +40,7 @@ from __future__ import annotations
 from tvm import tirx
 from tvm.s_tir import dlight as dl
 
-from .int8_kernels import BLOCK_ATTR, has_signed_dot, has_vnni, padded_input
+from .int8_kernels import BLOCK_ATTR, has_signed_dot, has_vnni, padded_input, word_broadcast
 from .schedule_common import attach_epilogue, reads_directly, register_budget, row_vector_width
 
 PIXEL_BLOCK = "qconv_pixels"  # not a prefix of int8_kernels.QCONV_BLOCK's kernels, nor they of it
@@ -149,11 +149,10 @@ def _vnni(lanes: int):
         with T.sblock("root"):
             T.reads(c[0:lanes], a[0:lanes, 0:4], b[0:4])
             T.writes(c[0:lanes])
-            four = T.reinterpret(b.vload([0], "int8x4"), dtype="int32")
             c[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id(intrinsic), c.vload([0], dtype=f"int32x{lanes}"),
                 a.vload([0, 0], dtype=f"uint8x{lanes * 4}"),
-                T.reinterpret(T.broadcast(four, lanes), dtype=f"int8x{lanes * 4}"), dtype=f"int32x{lanes}")
+                word_broadcast(b, lanes), dtype=f"int32x{lanes}")
 
     return vnni
 
@@ -168,11 +167,10 @@ def _sdot(lanes: int):
         with T.sblock("root"):
             T.reads(c[0:lanes], a[0:lanes, 0:4], b[0:4])
             T.writes(c[0:lanes])
-            four = T.reinterpret(b.vload([0], "int8x4"), dtype="int32")
             for j in T.unroll(lanes // 4):
                 c[T.ramp(j * 4, 1, 4)] = T.call_llvm_pure_intrin(
                     T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"), c.vload([j * 4], dtype="int32x4"),
-                    a.vload([j * 4, 0], dtype="int8x16"), T.reinterpret(T.broadcast(four, 4), dtype="int8x16"),
+                    a.vload([j * 4, 0], dtype="int8x16"), word_broadcast(b, 4),
                     dtype="int32x4")
 
     return sdot

@@ -24,7 +24,8 @@ from tvm.s_tir import dlight as dl
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 
 from .conv_packed import choose_tile
-from .int8_kernels import BLOCK_ATTR, QCONV_BLOCK, QDENSE_BLOCK, has_signed_dot, has_vnni
+from .int8_kernels import (BLOCK_ATTR, QCONV_BLOCK, QDENSE_BLOCK, has_signed_dot, has_vnni,
+                           word_broadcast)
 from .schedule_common import attach_epilogue, register_budget, vector_lanes
 
 VNNI_INTRIN = "slimgraph_vnni_16x4_u8i8i32"
@@ -62,10 +63,9 @@ def _vnni():
         with T.sblock("root"):
             T.reads(c[0:16], a[0:4], b[0:16, 0:4])
             T.writes(c[0:16])
-            four = T.reinterpret(a.vload([0], "uint8x4"), dtype="int32")  # 4 uint8 as one int32
             c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), c.vload([0], dtype="int32x16"),
-                T.reinterpret(T.broadcast(four, 16), dtype="uint8x64"), b.vload([0, 0], dtype="int8x64"),
+                word_broadcast(a, 16), b.vload([0, 0], dtype="int8x64"),
                 dtype="int32x16")
 
     return vnni
@@ -82,11 +82,10 @@ def _sdot():
         with T.sblock("root"):
             T.reads(c[0:16], a[0:4], b[0:16, 0:4])
             T.writes(c[0:16])
-            four = T.reinterpret(a.vload([0], "int8x4"), dtype="int32")
             for j in T.unroll(4):
                 c[T.ramp(j * 4, 1, 4)] = T.call_llvm_pure_intrin(
                     T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"), c.vload([j * 4], dtype="int32x4"),
-                    b.vload([j * 4, 0], dtype="int8x16"), T.reinterpret(T.broadcast(four, 4), dtype="int8x16"),
+                    b.vload([j * 4, 0], dtype="int8x16"), word_broadcast(a, 4),
                     dtype="int32x4")
 
     return sdot
