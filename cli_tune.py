@@ -23,6 +23,8 @@ def add_tuning_options(parser: argparse.ArgumentParser, trials_flag: str, defaul
     group.add_argument("--rpc", metavar="HOST:PORT", help="measure candidates on the devices of this TVM RPC tracker "
                                                           "instead of this machine (a device farm)")
     group.add_argument("--device-key", metavar="KEY", help="with --rpc: the key the devices' rpc_server registered")
+    group.add_argument("--kernels", metavar="NAMES", help="tune only these kernels (comma-separated, as "
+                                                          "`slimgraph bench` names them)")
 
 
 @contextmanager
@@ -41,8 +43,11 @@ def tuning_options(args, quiet: bool):
             raise TuningError(f"--rpc {args.rpc or ''} measures tuning candidates: give --tune TRIALS too")
         device = parse_rpc(args.rpc or "", args.device_key)
         free_servers(device)  # unreachable tracker or unknown key: one line now, not after the import
+    if args.kernels and args.trials <= 0:
+        raise TuningError(f"--kernels {args.kernels} picks kernels to tune: give --tune TRIALS too")
+    kernels = tuple(name.strip() for name in (args.kernels or "").split(",") if name.strip())
     options = TuningOptions(trials=args.trials, database=Path(args.db) if args.db else None,
-                            use_database=not args.no_db, rpc=device)
+                            use_database=not args.no_db, rpc=device, kernels=kernels)
     if options.trials <= 0 or quiet:
         yield options
         return
@@ -76,7 +81,8 @@ def print_tuning_summary(report) -> None:
             best = report.tuned.get(kernel, rule)
             table.add_row(kernel, f"{rule * 1e6:.1f}", f"{best * 1e6:.1f}", f"{rule / best:.2f}x" if best else "-")
         stdout.print(table)
-    stdout.print(f"{len(report.applied)} kernel(s) scheduled from the tuning database")
+    shipped = f" ({len(report.shipped)} from the records shipped with slimgraph)" if report.shipped else ""
+    stdout.print(f"{len(report.applied)} kernel(s) scheduled from the tuning database{shipped}")
 
 
 def tune(args) -> int:

@@ -6,8 +6,10 @@
                 so the database's best is never worse than the rules and the evolutionary search
                 starts from it (it seeds its population with the database's best records);
              2. MetaSchedule searches, `trials` candidates in all, split by TVM's gradient task scheduler.
-    apply: every kernel whose workload (the PrimFunc, structurally hashed) has a record gets the
-           database's best schedule; the rest get the rules. No search happens.
+    apply: every kernel whose workload (the PrimFunc, structurally hashed) has a record made on a
+           machine of this kind (same CPU name and features) gets the database's best schedule, looked
+           up in the user's database, then in the records shipped with slimgraph (codegen/
+           tuning_records: the built-in models' tuned kernels); the rest get the rules. No search.
 
 Traps handled here, not by the user (see docs/tuning.md): apache-tvm-ffi is pinned to 0.1.14.post1
 (0.1.15 crashes TVM's serialization, and with it the database); the builder's default 30 s timeout is
@@ -28,6 +30,8 @@ from .cache import cache_dir
 from .rpc import RpcDevice, export_for_aarch64, rpc_runner
 
 BUILD_TIMEOUT_SECONDS = 300
+RECORDS_SCANNED = 64  # a workload's fastest records looked at for one made on this kind of machine
+SHIPPED_RECORDS = Path(__file__).parent / "tuning_records"  # best records per kernel: shipped_records.py
 
 
 class TuningError(SlimgraphError):
@@ -44,6 +48,7 @@ def default_database_dir() -> Path:
 @dataclass
 class TuningReport:
     applied: list[str] = field(default_factory=list)  # kernels scheduled from the database
+    shipped: list[str] = field(default_factory=list)  # those of them whose record came with slimgraph
     tuned: dict[str, float] = field(default_factory=dict)  # kernel -> best seconds after tuning
     rule_seconds: dict[str, float] = field(default_factory=dict)  # kernel -> rule schedule's seconds
 
@@ -55,6 +60,7 @@ class TuningOptions:
     use_database: bool = True
     seed: int = 0
     rpc: RpcDevice | None = None  # measure on a device farm through TVM's RPC tracker (codegen.rpc)
+    kernels: tuple[str, ...] = ()  # tune only these kernels (names as `slimgraph bench` shows them)
     progress: Callable | None = None  # progress(kernel, trials_done, best_seconds) during the search
     report: TuningReport = field(default_factory=TuningReport)  # filled by tune / apply_database
 
@@ -69,15 +75,22 @@ def _workload(func):
     return tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
 
 
-def open_database(directory: Path):
+def open_database(directory: Path, create: bool = True):
+    """The JSONDatabase in `directory` (made if missing and `create`), after registering the tensor
+    intrinsics its records name (TVM cannot read traces that name unknown ones)."""
     from tvm.s_tir import meta_schedule as ms
 
+    from slimgraph.lowering.intrinsics import register_named_in
+
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        if create:
+            directory.mkdir(parents=True, exist_ok=True)
+        records = directory / "database_tuning_record.json"
+        register_named_in(records.read_text() if records.is_file() else "")
     except OSError as exc:
         raise TuningError(f"tuning database '{directory}' cannot be created: {exc.strerror}") from exc
     try:
-        return ms.database.JSONDatabase(work_dir=str(directory), allow_missing=True)
+        return ms.database.JSONDatabase(work_dir=str(directory), allow_missing=create)
     except Exception as exc:  # noqa: BLE001 - TVM raises its own error types for unreadable JSON
         first = (str(exc).strip().splitlines() or ["unreadable"])[-1]
         raise TuningError(f"tuning database '{directory}' is unreadable (delete it or pass --no-db): {first}") from exc
@@ -93,17 +106,59 @@ def kernels(mod) -> dict[str, object]:
             if isinstance(f, tirx.PrimFunc) and not is_scheduled(f)}
 
 
+def machine_kind(target) -> tuple:
+    """What a record is valid for: target kind, triple, CPU name and features (not the core count,
+    which the schedules' tile sizes do not depend on)."""
+    attrs = target.attrs
+    return (target.kind.name, str(attrs.get("mtriple", "")), str(attrs.get("mcpu", "")),
+            tuple(sorted(str(a) for a in (attrs.get("mattr") or []))))
+
+
+def same_machine_kind(recorded, target) -> bool:
+    return machine_kind(recorded) == machine_kind(target)
+
+
+def mean_seconds(record) -> float:
+    return float(sum(float(s) for s in record.run_secs) / len(record.run_secs))
+
+
+def _databases(options: TuningOptions) -> list[tuple[object, bool]]:
+    """(database, shipped?) to look records up in, the user's first."""
+    found = []
+    if options.use_database and (options.directory / "database_workload.json").is_file():
+        found.append((open_database(options.directory), False))
+    if options.use_database and (SHIPPED_RECORDS / "database_workload.json").is_file():
+        found.append((open_database(SHIPPED_RECORDS, create=False), True))
+    return found
+
+
+def _best_record(database, workload, target):
+    """The fastest record of `workload` made on this kind of machine, or None."""
+    if not database.has_workload(workload):  # before commit_workload, which would add it
+        return None
+    records = database.get_top_k(database.commit_workload(workload), RECORDS_SCANNED)
+    return next((r for r in records if same_machine_kind(r.target, target)), None)
+
+
 def apply_database(mod, target, options: TuningOptions):
-    """Give every kernel the database holds a record for its best schedule (marked scheduled)."""
-    directory = options.directory
-    if not options.use_database or not (directory / "database_workload.json").is_file():
-        return mod
-    database = open_database(directory)
-    for name, func in kernels(mod).items():
-        schedule = database.query_schedule(_workload(func), target, workload_name="main")
-        if schedule is not None:
+    """Give every kernel a database holds a record for (made on this kind of machine) its best schedule,
+    marked scheduled; the user's database first, then the shipped records."""
+    from tvm import s_tir
+
+    databases = _databases(options)
+    for name, func in kernels(mod).items() if databases else ():
+        workload = _workload(func)
+        for database, shipped in databases:
+            record = _best_record(database, workload, target)
+            if record is None:
+                continue
+            schedule = s_tir.Schedule(workload)
+            record.trace.apply_to_schedule(schedule, remove_postproc=False)
             mod[name] = schedule.mod["main"].with_attr("tirx.is_scheduled", True).without_attr("global_symbol")
             options.report.applied.append(name)
+            if shipped:
+                options.report.shipped.append(name)
+            break
     return mod
 
 
@@ -178,6 +233,12 @@ def tune(mod, target, options: TuningOptions) -> None:
     from tvm.s_tir import meta_schedule as ms
 
     funcs = kernels(mod)
+    if options.kernels:
+        unknown = [name for name in options.kernels if name not in funcs]
+        if unknown:
+            raise TuningError(f"--kernels: no kernel named {', '.join(repr(n) for n in unknown)} in this model; "
+                              f"its kernels: {', '.join(sorted(funcs))}")
+        funcs = {name: funcs[name] for name in options.kernels}
     if not funcs or options.trials <= 0:
         return
     builder, runner = _builder_and_runner(target, options)
@@ -198,9 +259,9 @@ def tune(mod, target, options: TuningOptions) -> None:
         max_trials_global=options.trials, num_trials_per_iter=min(64, max(options.trials, 2)),
         builder=builder, runner=runner, database=database, cost_model="xgb", measure_callbacks=callbacks)
     for name in names:
-        records = database.get_top_k(database.commit_workload(_workload(funcs[name])), 1)
-        if records:
-            options.report.tuned[name] = float(sum(float(s) for s in records[0].run_secs) / len(records[0].run_secs))
+        record = _best_record(database, _workload(funcs[name]), target)
+        if record is not None:
+            options.report.tuned[name] = mean_seconds(record)
 
 
 def tune_and_apply(mod, target, options: TuningOptions):

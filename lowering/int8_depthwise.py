@@ -37,8 +37,7 @@ from tvm import tirx
 from tvm.s_tir import dlight as dl
 
 from .grouped_conv import padded_plane, schedule_padding
-from .int8_kernels import (BLOCK_ATTR, data_shift, has_signed_dot, has_vnni, kernel_data_dtype,
-                           word_broadcast)
+from .int8_kernels import BLOCK_ATTR, data_shift, kernel_data_dtype, target_dot, word_broadcast
 from .int8_pixels import block_axes, padded_lanes, pixel_kernel, present
 from .schedule_common import row_vector_width
 
@@ -177,19 +176,23 @@ def _window_sdot(lanes: int, stride: int):
     return sdot
 
 
-def window_intrinsic(target, lanes: int, stride: int) -> str | None:
-    """The tensor intrinsic for one kernel row of L outputs on `target`, registered on first use."""
+def register_window_intrinsic(dot: str, lanes: int, stride: int) -> str:
+    """The window step's intrinsic for `dot` ("vnni" or "sdot"), registered on first use."""
     from tvm.s_tir import TensorIntrin
 
-    if has_vnni(target):
+    if dot == "vnni":
         name, data_dtype, implementation = f"slimgraph_vnni_window_{lanes}s{stride}_u8i8i32", "uint8", _window_vnni
-    elif has_signed_dot(target):
-        name, data_dtype, implementation = f"slimgraph_sdot_window_{lanes}s{stride}_i8i8i32", "int8", _window_sdot
     else:
-        return None
+        name, data_dtype, implementation = f"slimgraph_sdot_window_{lanes}s{stride}_i8i8i32", "int8", _window_sdot
     if TensorIntrin.get(name, allow_missing=True) is None:
         TensorIntrin.register(name, _window_description(lanes, stride, data_dtype), implementation(lanes, stride))
     return name
+
+
+def window_intrinsic(target, lanes: int, stride: int) -> str | None:
+    """The tensor intrinsic for one kernel row of L outputs on `target`; None: no dot product."""
+    dot = target_dot(target)
+    return register_window_intrinsic(dot, lanes, stride) if dot else None
 
 
 def _tile(out_h: int, vectors: int) -> tuple[int, int]:

@@ -64,6 +64,11 @@ def has_vnni(target) -> bool:
     return _llvm_feature(target, "avx512vnni", aarch64=False)
 
 
+def target_dot(target) -> str | None:
+    """The 4-way int8 dot product of `target`: "vnni" (x86 vpdpbusd), "sdot" (AArch64), or None."""
+    return "vnni" if has_vnni(target) else "sdot" if has_signed_dot(target) else None
+
+
 def has_dot_product() -> bool:
     """Do the kernels being made run on a 4-way int8 dot product (x86 VNNI, AArch64 sdot)?"""
     return DOT_PRODUCT.get()

@@ -40,7 +40,7 @@ from __future__ import annotations
 from tvm import tirx
 from tvm.s_tir import dlight as dl
 
-from .int8_kernels import BLOCK_ATTR, has_signed_dot, has_vnni, padded_input, word_broadcast
+from .int8_kernels import BLOCK_ATTR, has_vnni, padded_input, target_dot, word_broadcast
 from .schedule_common import attach_epilogue, reads_directly, register_budget, row_vector_width
 
 PIXEL_BLOCK = "qconv_pixels"  # not a prefix of int8_kernels.QCONV_BLOCK's kernels, nor they of it
@@ -176,19 +176,23 @@ def _sdot(lanes: int):
     return sdot
 
 
-def pixel_intrinsic(target, lanes: int) -> str | None:
-    """The tensor intrinsic for one pixel-lane step on `target`, registered on first use; None: none."""
+def register_pixel_intrinsic(dot: str, lanes: int) -> str:
+    """The pixel-lane step's intrinsic for `dot` ("vnni" or "sdot"), registered on first use."""
     from tvm.s_tir import TensorIntrin
 
-    if has_vnni(target):
+    if dot == "vnni":
         name, data_dtype, implementation = VNNI_PIXELS.format(lanes=lanes), "uint8", _vnni
-    elif has_signed_dot(target):
-        name, data_dtype, implementation = SDOT_PIXELS.format(lanes=lanes), "int8", _sdot
     else:
-        return None
+        name, data_dtype, implementation = SDOT_PIXELS.format(lanes=lanes), "int8", _sdot
     if TensorIntrin.get(name, allow_missing=True) is None:
         TensorIntrin.register(name, _description(lanes, data_dtype), implementation(lanes))
     return name
+
+
+def pixel_intrinsic(target, lanes: int) -> str | None:
+    """The tensor intrinsic for one pixel-lane step on `target`; None: it has no dot product."""
+    dot = target_dot(target)
+    return register_pixel_intrinsic(dot, lanes) if dot else None
 
 
 def choose_pixel_tile(out_channels: int, vectors_per_row: int, budget: int) -> tuple[int, int]:

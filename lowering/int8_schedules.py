@@ -24,8 +24,7 @@ from tvm.s_tir import dlight as dl
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 
 from .conv_packed import choose_tile
-from .int8_kernels import (BLOCK_ATTR, QCONV_BLOCK, QDENSE_BLOCK, has_signed_dot, has_vnni,
-                           word_broadcast)
+from .int8_kernels import BLOCK_ATTR, QCONV_BLOCK, QDENSE_BLOCK, target_dot, word_broadcast
 from .schedule_common import attach_epilogue, register_budget, vector_lanes
 
 VNNI_INTRIN = "slimgraph_vnni_16x4_u8i8i32"
@@ -100,15 +99,15 @@ def _registered(name: str, data_dtype: str, implementation) -> str:
     return name
 
 
+def register_channel_intrinsic(dot: str) -> str:
+    """The channel-lane step's intrinsic for `dot` ("vnni" or "sdot"), registered on first use."""
+    return _registered(VNNI_INTRIN, "uint8", _vnni) if dot == "vnni" else _registered(SDOT_INTRIN, "int8", _sdot)
+
+
 def dot_product_intrinsic(target, block: int) -> str | None:
-    """The tensor intrinsic for a 16 x 4 int8 step on `target`, registered on first use; None: none."""
-    if block != 16:
-        return None
-    if has_vnni(target):
-        return _registered(VNNI_INTRIN, "uint8", _vnni)
-    if has_signed_dot(target):
-        return _registered(SDOT_INTRIN, "int8", _sdot)
-    return None
+    """The tensor intrinsic for a 16 x 4 int8 step on `target`; None: none."""
+    dot = target_dot(target)
+    return register_channel_intrinsic(dot) if dot and block == 16 else None
 
 
 def accumulator_budget(target) -> int:

@@ -3,6 +3,8 @@ import json
 import time
 
 import slimgraph
+from slimgraph.codegen import tuning
+from slimgraph.codegen.shipped_records import merge_into
 from slimgraph.codegen.tuning import TuningOptions, default_database_dir
 
 from .test_cli import run_cli
@@ -16,7 +18,7 @@ def mlp():
 '''
 
 
-def test_tune_then_compile_reuses_the_database(tmp_path, capsys):
+def test_tune_then_compile_reuses_the_database(tmp_path, capsys, monkeypatch):
     factory = tmp_path / "mlp.py"
     factory.write_text(FACTORY)
     database = tmp_path / "db"
@@ -37,6 +39,35 @@ def test_tune_then_compile_reuses_the_database(tmp_path, capsys):
     assert compiled.report.max_abs_diff <= 1e-5
     rules_only = slimgraph.compile(f"{factory}:mlp", tuning=TuningOptions(database=database, use_database=False))
     assert rules_only.report.tuning.applied == []
+
+    # the records shipped with slimgraph: the fastest per kernel, consulted after the user's database
+    shipped = tmp_path / "shipped"
+    assert merge_into(database, shipped) == 1
+    assert len((shipped / "database_tuning_record.json").read_text().splitlines()) == 1
+    monkeypatch.setattr(tuning, "SHIPPED_RECORDS", shipped)
+    from_shipped = slimgraph.compile(f"{factory}:mlp", tuning=TuningOptions(database=tmp_path / "empty"))
+    assert from_shipped.report.tuning.shipped == from_shipped.report.kernels
+    assert from_shipped.report.max_abs_diff <= 1e-5
+
+    # records made on another kind of machine (another CPU name) are not applied here
+    monkeypatch.setattr(tuning, "SHIPPED_RECORDS", tmp_path / "none")
+    lines = (database / "database_tuning_record.json").read_text().splitlines()
+    moved = []
+    for line in lines:
+        workload, record = json.loads(line)
+        record[2]["mcpu"] = "some-other-cpu"
+        moved.append(json.dumps([workload, record]))
+    (database / "database_tuning_record.json").write_text("\n".join(moved) + "\n")
+    elsewhere = slimgraph.compile(f"{factory}:mlp", tuning=TuningOptions(database=database))
+    assert elsewhere.report.tuning.applied == []
+
+
+def test_tuning_only_named_kernels_names_the_unknown_one(capsys):
+    code, _, err = run_cli(capsys, "tune", "digit_cnn", "--trials", "1", "--kernels", "no_such_kernel",
+                           "--quiet")
+    assert code == 1 and "--kernels: no kernel named 'no_such_kernel' in this model; its kernels:" in err
+    code, _, err = run_cli(capsys, "compile", "digit_cnn", "--kernels", "x", "--quiet")
+    assert code == 1 and "give --tune TRIALS too" in err
 
 
 def test_default_database_lives_in_the_cache_directory(monkeypatch, tmp_path):
@@ -79,3 +110,20 @@ def test_tuning_an_int8_model_keeps_its_integer_kernels_exact(tmp_path):
     assert compiled.report.tuning.tuned and any("qconv" in kernel for kernel in compiled.report.tuning.applied)
     x = graph.example_inputs(2)
     np.testing.assert_array_equal(np.asarray(compiled(*x)[0]), realized.run(*x)[0].numpy())
+
+    # a fresh process reads that database back: its traces name slimgraph's intrinsics, which
+    # TVM knows only once registered (before the fix: "TensorIntrin ... is not registered")
+    import subprocess
+    import sys
+
+    script = ("import slimgraph\n"
+              "from slimgraph.codegen.tuning import TuningOptions\n"
+              "from slimgraph.rewrites import PassManager, parse_pipeline\n"
+              "from slimgraph.tests.conftest import imported_model\n"
+              "realized = PassManager(parse_pipeline('int8')).run(imported_model('digit_cnn')[2]).graph\n"
+              f"tuning = TuningOptions(database={str(tmp_path / 'db')!r})\n"
+              "compiled = slimgraph.compile(realized, pipeline='none', check=False, tuning=tuning)\n"
+              "print('applied', ' '.join(compiled.report.tuning.applied))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "qconv" in done.stdout
