@@ -13,7 +13,7 @@ stderr = Console(stderr=True)
 
 def bench(args) -> int:
     import slimgraph
-    from slimgraph.codegen.kernel_profile import peak_gflops, profile_kernels
+    from slimgraph.codegen.kernel_profile import int8_peak_gops, peak_gflops, profile_kernels
     from slimgraph.lowering import kernel_calls
     from slimgraph.models import DEFAULT_MODEL
 
@@ -31,19 +31,23 @@ def bench(args) -> int:
         task = progress.add_task("", total=len(kernel_calls(compiled.lowered)))
         kernels = profile_kernels(compiled.lowered, tvm_target, min_repeat_ms=args.min_repeat_ms,
                                   progress=lambda name: progress.update(task, advance=1, description=name))
-    peak = peak_gflops(tvm_target)
+    peak, int8_peak = peak_gflops(tvm_target), int8_peak_gops(tvm_target)
+    integer = any(k.integer for k in kernels)
     total = sum(k.total_seconds for k in kernels)
     latency = compiled.report.latency["median_ms"] if compiled.report.latency else None
     table = Table(title=f"slimgraph bench: {compiled.metadata['model']} ({args.pipeline}), "
-                        f"fp32 peak {peak:.0f} GFLOP/s")
+                        f"fp32 peak {peak:.0f} GFLOP/s" + (f", int8 peak {int8_peak:.0f} GOP/s" if integer else ""))
     for column in ("kernel", "calls", "ms/call", "ms total", "share", "GFLOP/s", "% of peak"):
         table.add_column(column, justify="left" if column == "kernel" else "right")
     for kernel in kernels[:args.top]:
         share = kernel.total_seconds / total if total else 0.0
+        ceiling = int8_peak if kernel.integer else peak
+        speed = f"{kernel.gflops:.1f}" + ("*" if kernel.integer else "") if kernel.flops else "-"
         table.add_row(kernel.name, str(kernel.calls), f"{kernel.seconds * 1e3:.3f}", f"{kernel.total_seconds * 1e3:.3f}",
-                      f"{share:.1%}", f"{kernel.gflops:.1f}" if kernel.flops else "-",
-                      f"{kernel.gflops / peak:.1%}" if kernel.flops else "-")
+                      f"{share:.1%}", speed, f"{kernel.gflops / ceiling:.1%}" if kernel.flops else "-")
     stdout.print(table)
+    if integer:
+        stdout.print("* int8 kernels: GOP/s of their dot products (padding included), % of the int8 peak")
     hidden = len(kernels) - args.top
     if hidden > 0:
         stdout.print(f"({hidden} more kernels, {sum(k.total_seconds for k in kernels[args.top:]) * 1e3:.3f} ms)")

@@ -160,7 +160,8 @@ class CompiledModel:
 
             arrays = self.check_inputs(inputs if inputs is not None else self.random_inputs())
             _, median = run_library(self.library_file(), arrays, repeat=repeat)
-            return {"median_ms": median, "mean_ms": median, "min_ms": median, "runs": repeat, "emulated": True}
+            return {"median_ms": median, "mean_ms": median, "min_ms": median, "runs": repeat, "emulated": True,
+                    "runs_ms": [median]}
         machine = self._machine()
         machine.set_input("main", *self._tvm_inputs(inputs if inputs is not None else self.random_inputs()))
         for _ in range(warmup):
@@ -168,7 +169,7 @@ class CompiledModel:
         timer = machine.time_evaluator("invoke_stateful", self._device, number=1, repeat=repeat, min_repeat_ms=0)
         runs_ms = [t * 1e3 for t in timer("main").results]
         return {"median_ms": statistics.median(runs_ms), "mean_ms": statistics.fmean(runs_ms),
-                "min_ms": min(runs_ms), "runs": len(runs_ms)}
+                "min_ms": min(runs_ms), "runs": len(runs_ms), "runs_ms": runs_ms}
 
     def export(self, output: str | os.PathLike) -> tuple[Path, Path]:
         """Write the library and its metadata JSON (atomically) to `output`."""

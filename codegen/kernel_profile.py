@@ -7,6 +7,15 @@ time_evaluator on random inputs of its buffer shapes (`calls` = how often `main`
     GFLOP/s   = FLOPs / seconds per call
     peak      = cores x FMA units x fp32 lanes x 2 flops x clock (GHz)
     fraction  = GFLOP/s / peak
+
+Integer kernels tensorized into 4-way int8 dot products (vpdpbusd, sdot), which TVM's estimate
+cannot count, are counted from their dot-product instructions instead:
+
+    OPs       = 2 x sum over dot-product calls of (int32 lanes x 4) x the extents of the loops around it
+    int8 peak = 4 x fp32 peak   (one instruction does 4 multiply-adds per 32-bit lane where an FMA does 1)
+
+so their rate is in GOP/s against the int8 peak. The count includes the work done on padding (channels
+padded to 4, rows to whole vectors): it is the rate the machine runs at, not the model's useful work.
 """
 from __future__ import annotations
 
@@ -30,6 +39,7 @@ class KernelTime:
     calls: int
     seconds: float  # per call
     flops: float  # per call
+    integer: bool = False  # ops of int8 dot products (against the int8 peak), not float ops
 
     @property
     def total_seconds(self) -> float:
@@ -58,6 +68,47 @@ def peak_gflops(target, threads: int | None = None) -> float:
 
     cores = threads or int(os.environ.get("TVM_NUM_THREADS", 0)) or int(target.attrs.get("num-cores", 1))
     return cores * FMA_UNITS * vector_lanes(target) * 2 * clock_ghz()
+
+
+def int8_peak_gops(target, threads: int | None = None) -> float:
+    """Peak of the 4-way int8 dot product: 4 multiply-adds per 32-bit lane per instruction."""
+    return 4 * peak_gflops(target, threads)
+
+
+DOT_PRODUCTS = ("llvm.x86.avx512.vpdpbusd.512", "llvm.x86.avx512.vpdpbusd.256", "llvm.x86.avx512.vpdpbusd.128",
+                "llvm.aarch64.neon.sdot.v4i32.v16i8", "llvm.aarch64.neon.udot.v4i32.v16i8")  # 4 per 32-bit lane
+
+
+def dot_product_ops(func) -> float:
+    """2 x the multiply-adds of the kernel's int8 dot-product instructions, each weighted by the
+    extents of the loops around it (module docstring); 0 when it has none."""
+    import tvm
+    from tvm import tirx
+    from tvm.target.codegen import llvm_lookup_intrinsic_id
+
+    dot_ids = {int(llvm_lookup_intrinsic_id(name)) for name in DOT_PRODUCTS}
+
+    def call_ops(expr) -> float:  # the dot products in an expression tree (casts, arithmetic, calls)
+        if isinstance(expr, tvm.ir.Call):
+            first = expr.args[0] if expr.args else None
+            is_dot = (getattr(expr.op, "name", "") == "tirx.call_llvm_pure_intrin" and isinstance(first, tirx.IntImm)
+                      and int(first) in dot_ids)
+            own = 2.0 * 4 * expr.ty.dtype.lanes if is_dot else 0.0  # 4 multiply-adds per 32-bit lane
+            return own + sum(call_ops(arg) for arg in expr.args)
+        children = [getattr(expr, key, None) for key in ("a", "b", "value", "condition", "true_value", "false_value")]
+        return sum(call_ops(child) for child in children if isinstance(child, tvm.ir.expr.Expr))
+
+    def walk(stmt, times: float) -> float:
+        if isinstance(stmt, tirx.For):
+            return walk(stmt.body, times * int(stmt.extent)) if isinstance(stmt.extent, tirx.IntImm) else 0.0
+        if isinstance(stmt, tirx.SeqStmt):
+            return sum(walk(child, times) for child in stmt.seq)
+        if isinstance(stmt, tirx.BufferStore):
+            return times * call_ops(stmt.value)
+        children = [getattr(stmt, key, None) for key in ("block", "body", "then_case", "else_case")]
+        return sum(walk(child, times) for child in children if isinstance(child, tirx.Stmt))
+
+    return walk(func.body, 1.0)
 
 
 def _random_args(func, device):
@@ -98,9 +149,10 @@ def profile_kernels(mod, target, *, min_repeat_ms: int = 50, repeat: int = 3, pr
         if progress is not None:
             progress(name)
         seconds = time_kernel(mod[name], target, min_repeat_ms=min_repeat_ms, repeat=repeat)
+        integer_ops = dot_product_ops(mod[name])
         try:
-            flops = float(estimate_tir_flops(tvm.IRModule({"main": mod[name]})))
-        except tvm.error.InternalError:  # a tensorized kernel (vpdpbusd) has vector ops it cannot count
+            flops = 0.0 if integer_ops else float(estimate_tir_flops(tvm.IRModule({"main": mod[name]})))
+        except tvm.error.InternalError:  # other vector intrinsics it cannot count
             flops = 0.0
-        results.append(KernelTime(name, calls, seconds, flops))
+        results.append(KernelTime(name, calls, seconds, integer_ops or flops, integer=bool(integer_ops)))
     return sorted(results, key=lambda k: -k.total_seconds)

@@ -6,8 +6,9 @@
 Both int8 builds calibrate on the same 8 batches of seeded random inputs (minmax): ours with
 `--pipeline int8` (fold-bn, fold-constants, quantize, realize), ORT's with `quantize_static`
 (QDQ format, uint8 activations, int8 weights per channel) on the exported ONNX model. Median
-latency in ms, batch 1, all cores, no tuning database (rule schedules only); output SQNR of
-each int8 build against the float model on a held-out input. A benchmark, not a test.
+latency in ms, batch 1, all cores, no tuning database (rule schedules only), the four engines
+timed in turn, in rounds (bench_models.interleaved_medians); output SQNR of each int8 build
+against the float model on a held-out input. A benchmark, not a test.
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ import slimgraph  # noqa: E402
 from slimgraph import ir  # noqa: E402
 from slimgraph.codegen.tuning import TuningOptions  # noqa: E402
 from slimgraph.models import reference_model  # noqa: E402
-from slimgraph.tests.bench.bench_models import machine_description, median_ms, write_markdown  # noqa: E402
+from slimgraph.tests.bench.bench_models import (  # noqa: E402
+    interleaved_medians, machine_description, timed, vm_runs, write_markdown)
 
 CALIBRATION_BATCHES = 8
 COLUMNS = ["ORT fp32", "ORT int8", "slimgraph fp32", "slimgraph int8"]
@@ -73,22 +75,24 @@ def bench_model(name: str, runs: int, folder: str) -> dict[str, float]:
 
     quantize_static(path, path_int8, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    engines = {}
+    sessions = {}
     for column, onnx_path in (("ORT fp32", path), ("ORT int8", path_int8)):
-        session = ort_session(onnx_path)
+        session = sessions[column] = ort_session(onnx_path)
         feeds = {n: t.numpy() for n, t in zip(names, inputs)}
-        results[column] = median_ms(lambda: session.run(None, feeds), runs)
-        if column == "ORT int8":
-            held = {n: t.numpy() for n, t in zip(names, held_out)}
-            results["ORT int8 SQNR"] = sqnr_db(expected, session.run(None, held)[0])
+        engines[column] = timed(lambda session=session, feeds=feeds: session.run(None, feeds))
+    held = {n: t.numpy() for n, t in zip(names, held_out)}
+    results["ORT int8 SQNR"] = sqnr_db(expected, sessions["ORT int8"].run(None, held)[0])
 
     arrays = [t.numpy() for t in inputs]
     no_database = TuningOptions(use_database=False)
     for column, pipeline in (("slimgraph fp32", "default"), ("slimgraph int8", "int8")):
         compiled = slimgraph.compile(module, inputs, name=name, pipeline=pipeline, check=False, tuning=no_database,
                                      calibration_data=batches if pipeline == "int8" else None)
-        results[column] = compiled.benchmark(arrays, repeat=runs)["median_ms"]
+        engines[column] = vm_runs(compiled, arrays)
         if pipeline == "int8":
             results["slimgraph int8 SQNR"] = sqnr_db(expected, compiled(*[t.numpy() for t in held_out])[0])
+    results.update(interleaved_medians(engines, runs))
     return results
 
 

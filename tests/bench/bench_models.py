@@ -7,9 +7,11 @@ Median latency (ms, batch 1) per engine, and each engine's ratio to ONNX Runtime
 same thread count (< 1 means faster than ORT). "plain TVM" is TVM's own torch importer and default
 CPU build with no slimgraph stage in between; "slimgraph, no passes" is `--pipeline none`;
 "slimgraph rules" the default pipeline with rule schedules only (no tuning database);
-"slimgraph tuned" the same with the tuning database (--db, default: the user's cache) where it
-holds records for the model's kernels ("-" when it holds none). Kernel calls per inference are
-listed too. A benchmark, not a test: run it by hand, on a quiet machine.
+"slimgraph tuned" the same with the tuning database (--db, default: the user's cache) and the
+records shipped with slimgraph, where they hold records for the model's kernels ("-" when none).
+Kernel calls per inference are listed too. The engines are timed in turn, in rounds
+(`interleaved_medians`), so that a slow spell of the machine does not fall on one engine only.
+A benchmark, not a test: run it by hand, on a quiet machine.
 """
 from __future__ import annotations
 
@@ -21,11 +23,11 @@ import subprocess
 import tempfile
 import time
 import warnings
+from typing import Callable
 
 os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
 warnings.filterwarnings("ignore")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
@@ -34,29 +36,57 @@ import slimgraph  # noqa: E402
 from slimgraph.codegen.tuning import TuningOptions  # noqa: E402
 from slimgraph.models import REFERENCE_MODELS, reference_model  # noqa: E402
 
+ROUNDS = 5  # timed runs are split into rounds that visit every engine in turn
+PAUSE_SECONDS = 0.5  # before each turn: the previous engine's thread pool goes idle (after 0.05 s, ORT ran 2-3x slower)
 ENGINES = ["PyTorch eager", "torch.compile", "ONNX Runtime", "plain TVM", "slimgraph, no passes", "slimgraph rules",
            "slimgraph tuned"]
 
 
-def median_ms(fn, runs: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+def timed(fn, warmup: int = 1) -> Callable[[int], list[float]]:
+    """count -> the ms of `count` calls of `fn`, after `warmup` untimed ones."""
+    def run(count: int) -> list[float]:
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(count):
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e3)
+        return times
+
+    return run
+
+
+def interleaved_medians(engines: dict[str, Callable[[int], list[float]]], runs: int,
+                        rounds: int = ROUNDS) -> dict[str, float]:
+    """Median ms per engine over `runs` timed runs each, split into `rounds` rounds that visit the
+    engines in turn: a slow spell of a shared machine (minutes long on the development VM) then
+    falls on every engine alike instead of on whichever was being timed. A short pause before each
+    engine lets the previous one's thread pool stop spinning."""
+    times: dict[str, list[float]] = {name: [] for name in engines}
+    per_round = max(1, -(-runs // rounds))
+    for _ in range(rounds):
+        for name, run in engines.items():
+            time.sleep(PAUSE_SECONDS)
+            times[name] += run(per_round)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def vm_runs(compiled, arrays) -> Callable[[int], list[float]]:
+    """count -> ms of `count` runs of a compiled slimgraph model (TVM's VM timer, no Python per run)."""
+    return lambda count: compiled.benchmark(arrays, repeat=count)["runs_ms"]
 
 
 def bench_model(name: str, runs: int, use_torch_compile: bool, folder: str, database) -> dict[str, float]:
     module, inputs = reference_model(name)
     results: dict[str, float] = {}
-    with torch.no_grad():
-        results["PyTorch eager"] = median_ms(lambda: module(*inputs), runs)
-        if use_torch_compile:
-            compiled_module = torch.compile(module)
-            results["torch.compile"] = median_ms(lambda: compiled_module(*inputs), runs, warmup=3)
+    engines: dict[str, Callable[[int], list[float]]] = {}
+    engines["PyTorch eager"] = timed(lambda: module(*inputs))
+    if use_torch_compile:
+        compiled_module = torch.compile(module)
+        with torch.no_grad():
+            timed(lambda: compiled_module(*inputs), warmup=3)(1)  # torch.compile compiles here, untimed
+        engines["torch.compile"] = timed(lambda: compiled_module(*inputs))
 
     import onnxruntime
 
@@ -66,9 +96,9 @@ def bench_model(name: str, runs: int, use_torch_compile: bool, folder: str, data
     options.intra_op_num_threads = os.cpu_count() or 1
     session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     feeds = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs)}
-    results["ONNX Runtime"] = median_ms(lambda: session.run(None, feeds), runs)
+    engines["ONNX Runtime"] = timed(lambda: session.run(None, feeds))
 
-    results["plain TVM"] = plain_tvm_latency(module, inputs, runs)
+    engines["plain TVM"] = plain_tvm_runs(module, inputs)
     arrays = [t.numpy() for t in inputs]
     for engine, pipeline, use_database in (("slimgraph, no passes", "none", False),
                                            ("slimgraph rules", "default", False), ("slimgraph tuned", "default", True)):
@@ -76,12 +106,14 @@ def bench_model(name: str, runs: int, use_torch_compile: bool, folder: str, data
         compiled = slimgraph.compile(module, inputs, name=name, pipeline=pipeline, check=False, tuning=tuning)
         if use_database and not tuning.report.applied:
             continue
-        results[engine] = compiled.benchmark(arrays, repeat=runs)["median_ms"]
+        engines[engine] = vm_runs(compiled, arrays)
         results[f"{engine} kernel calls"] = compiled.report.kernel_launches
+    with torch.no_grad():
+        results.update(interleaved_medians(engines, runs))
     return results
 
 
-def plain_tvm_latency(module, inputs, runs: int) -> float:
+def plain_tvm_runs(module, inputs) -> Callable[[int], list[float]]:
     """TVM alone: from_exported_program + tvm.compile's default CPU pipeline."""
     import tvm
     from tvm import relax
@@ -94,7 +126,7 @@ def plain_tvm_latency(module, inputs, runs: int) -> float:
     executable = tvm.compile(mod, x86_host().tvm_target())
     vm = relax.VirtualMachine(executable, tvm.cpu())
     args = [tvm.runtime.tensor(t.numpy()) for t in inputs]
-    return median_ms(lambda: vm["main"](*args), runs, warmup=1)
+    return timed(lambda: vm["main"](*args))
 
 
 def write_markdown(path: str, headers: list[str], rows: list[list[str]]) -> None:
