@@ -16,6 +16,20 @@ def launches(name: str, pipeline: str) -> int:
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_default_pipeline_makes_fewer_kernel_calls(name):
-    # measured: digit_cnn 6 -> 5, resnet18 24 -> 23, mobilenet_v2 55 -> 54, bert_encoder 100 -> 54
-    assert launches(name, "default") < launches(name, "none")
+def test_default_pipeline_makes_no_more_kernel_calls(name):
+    # measured: digit_cnn 5 -> 5, resnet18 23 -> 23, mobilenet_v2 54 -> 54, bert_encoder 80 -> 54; the
+    # CNNs' one saving (their flatten) is a view in both since reshapes are views (next test)
+    assert launches(name, "default") <= launches(name, "none")
+    if name == "bert_encoder":
+        assert launches(name, "default") < launches(name, "none")
+
+
+def test_kernels_that_only_reshape_become_views():
+    """A kernel that only reshapes is an R.reshape view (no copy, no launch): measured, the encoder
+    without passes 100 -> 80 kernel calls, MobileNetV2 int8 (its flattened 1x1 convs) 109 -> 76."""
+    from slimgraph.lowering import kernel_calls
+
+    compiled = slimgraph.compile("bert_encoder", pipeline="none", check=True)
+    assert compiled.report.max_abs_diff <= 1e-4
+    assert not [name for name in kernel_calls(compiled.lowered) if name.startswith("reshape")]
+    assert "R.reshape(" in compiled.lowered["main"].script()
