@@ -28,6 +28,7 @@ from slimgraph.lowering.pipeline import kernel_calls
 
 from .cache import cache_dir
 from .rpc import RpcDevice, export_for_aarch64, rpc_runner
+from .tuning_measure import commit_rule_schedules, recheck_rules_against_best
 
 BUILD_TIMEOUT_SECONDS = 300
 RECORDS_SCANNED = 64  # a workload's fastest records looked at for one made on this kind of machine
@@ -51,6 +52,7 @@ class TuningReport:
     shipped: list[str] = field(default_factory=list)  # those of them whose record came with slimgraph
     tuned: dict[str, float] = field(default_factory=dict)  # kernel -> best seconds after tuning
     rule_seconds: dict[str, float] = field(default_factory=dict)  # kernel -> rule schedule's seconds
+    rechecked: dict[str, tuple[float, float]] = field(default_factory=dict)  # kernel -> (rules, best) measured again
 
 
 @dataclass
@@ -162,49 +164,6 @@ def apply_database(mod, target, options: TuningOptions):
     return mod
 
 
-def _measure(builder, runner, workloads: dict, target) -> dict[str, float]:
-    """Build and time scheduled kernels the way MetaSchedule measures its candidates (on this machine
-    or on the RPC devices); kernel name -> mean seconds, for those that built and ran."""
-    from tvm.s_tir import meta_schedule as ms
-
-    names = list(workloads)
-    built = builder.build([ms.builder.BuilderInput(workloads[n], target) for n in names])
-    ready = [(n, b) for n, b in zip(names, built) if b.error_msg is None]
-    device_type = "cuda" if target.kind.name == "cuda" else "cpu"
-    futures = runner.run([ms.runner.RunnerInput(b.artifact_path, device_type,
-                                                ms.arg_info.ArgInfo.from_prim_func(workloads[n]["main"]))
-                          for n, b in ready])
-    seconds = {}
-    for (name, _), future in zip(ready, futures):
-        result = future.result()
-        if result.error_msg is None and result.run_secs:
-            seconds[name] = float(sum(float(s) for s in result.run_secs) / len(result.run_secs))
-    return seconds
-
-
-def _commit_rule_schedules(database, funcs: dict, target, builder, runner, report: TuningReport) -> None:
-    """Commit each kernel's rule schedule, measured like a candidate, as a tuning record (the search's
-    starting point, so the database's best is never worse than the rules)."""
-    import tvm
-    from tvm.s_tir import meta_schedule as ms
-
-    from slimgraph.lowering.cpu_schedules import CPU_RULES
-
-    schedules = {}
-    for name, func in funcs.items():
-        schedule = next((s for rule in CPU_RULES if (s := rule.apply(_workload(func)["main"], target, False))), None)
-        if schedule is not None and schedule.trace is not None:
-            schedules[name] = schedule
-    measured = _measure(builder, runner, {n: s.mod for n, s in schedules.items()}, target)
-    for name, seconds in measured.items():
-        report.rule_seconds[name] = seconds
-        workload_mod = _workload(funcs[name])
-        workload = database.commit_workload(workload_mod)
-        database.commit_tuning_record(ms.database.TuningRecord(
-            schedules[name].trace, workload, [tvm.tirx.FloatImm("float64", seconds)], target,
-            ms.arg_info.ArgInfo.from_prim_func(workload_mod["main"])))
-
-
 def _import_tensor_intrinsics() -> None:  # builder workers: before the first build, not inside its timeout
     import tvm.s_tir.tensor_intrin  # noqa: F401
 
@@ -245,7 +204,7 @@ def tune(mod, target, options: TuningOptions) -> None:
     directory = options.directory
     database = open_database(directory)
     with target:
-        _commit_rule_schedules(database, funcs, target, builder, runner, options.report)
+        rule_schedules = commit_rule_schedules(database, funcs, target, builder, runner, options.report)
     calls = kernel_calls(mod)
     names = list(funcs)
     contexts = [ms.TuneContext(mod=_workload(funcs[n]), target=target, space_generator="post-order-apply",
@@ -258,6 +217,8 @@ def tune(mod, target, options: TuningOptions) -> None:
         tasks=contexts, task_weights=[float(calls.get(n, 1)) for n in names], work_dir=str(directory),
         max_trials_global=options.trials, num_trials_per_iter=min(64, max(options.trials, 2)),
         builder=builder, runner=runner, database=database, cost_model="xgb", measure_callbacks=callbacks)
+    with target:
+        recheck_rules_against_best(database, funcs, rule_schedules, target, builder, runner, options.report)
     for name in names:
         record = _best_record(database, _workload(funcs[name]), target)
         if record is not None:

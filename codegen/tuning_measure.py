@@ -1,0 +1,106 @@
+"""Measuring schedules for tuning: the rule schedules that seed the search, and a re-check after it.
+
+A measurement on a shared machine can be wrong by a lot: a burst of other work while the rule
+schedule is timed (once, before the search) makes every candidate look better than it, and the
+database then serves a schedule slower than the rules forever. So after the search the rule
+schedule and the database's best are built and timed again, back to back, ROUNDS times (the
+fastest time of each kept: interference only ever adds time). If the rules win, their schedule
+is committed again with a time on the database's scale,
+
+    recorded_rules = recorded_best x rules_now / best_now      (< recorded_best)
+
+so it becomes the best record, and the report says so (`rechecked`).
+"""
+from __future__ import annotations
+
+ROUNDS = 2
+
+
+def workload_of(func):
+    from .tuning import _workload
+
+    return _workload(func)
+
+
+def _measure(builder, runner, workloads: dict, target) -> dict[str, float]:
+    """Build and time scheduled kernels the way MetaSchedule measures its candidates (on this machine
+    or on the RPC devices); kernel name -> mean seconds, for those that built and ran."""
+    from tvm.s_tir import meta_schedule as ms
+
+    names = list(workloads)
+    built = builder.build([ms.builder.BuilderInput(workloads[n], target) for n in names])
+    ready = [(n, b) for n, b in zip(names, built) if b.error_msg is None]
+    device_type = "cuda" if target.kind.name == "cuda" else "cpu"
+    futures = runner.run([ms.runner.RunnerInput(b.artifact_path, device_type,
+                                                ms.arg_info.ArgInfo.from_prim_func(workloads[n]["main"]))
+                          for n, b in ready])
+    seconds = {}
+    for (name, _), future in zip(ready, futures):
+        result = future.result()
+        if result.error_msg is None and result.run_secs:
+            seconds[name] = float(sum(float(s) for s in result.run_secs) / len(result.run_secs))
+    return seconds
+
+
+def commit_rule_schedules(database, funcs: dict, target, builder, runner, report) -> dict:
+    """Commit each kernel's rule schedule, measured like a candidate, as a tuning record (the search's
+    starting point, so the database's best is never worse than the rules); the rule schedules."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from slimgraph.lowering.cpu_schedules import CPU_RULES
+
+    schedules = {}
+    for name, func in funcs.items():
+        schedule = next((s for rule in CPU_RULES if (s := rule.apply(workload_of(func)["main"], target, False))), None)
+        if schedule is not None and schedule.trace is not None:
+            schedules[name] = schedule
+    measured = _measure(builder, runner, {n: s.mod for n, s in schedules.items()}, target)
+    for name, seconds in measured.items():
+        report.rule_seconds[name] = seconds
+        workload_mod = workload_of(funcs[name])
+        workload = database.commit_workload(workload_mod)
+        database.commit_tuning_record(ms.database.TuningRecord(
+            schedules[name].trace, workload, [tvm.tirx.FloatImm("float64", seconds)], target,
+            ms.arg_info.ArgInfo.from_prim_func(workload_mod["main"])))
+    return schedules
+
+
+def recheck_rules_against_best(database, funcs: dict, rule_schedules: dict, target, builder, runner, report) -> None:
+    """Time each kernel's rule schedule and the database's best again, back to back (module docstring);
+    where the rules win, commit them as the best record."""
+    import tvm
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+
+    from .tuning import _best_record, mean_seconds
+
+    pairs = {}
+    for name, rules in rule_schedules.items():
+        best = _best_record(database, workload_of(funcs[name]), target)
+        if best is None or str(best.trace) == str(rules.trace):
+            continue
+        schedule = s_tir.Schedule(workload_of(funcs[name]))
+        best.trace.apply_to_schedule(schedule, remove_postproc=False)
+        pairs[name] = (best, schedule.mod)
+    if not pairs:
+        return
+    timed: dict[str, list[float]] = {}
+    for _ in range(ROUNDS):
+        workloads = {}
+        for name, (_, best_mod) in pairs.items():
+            workloads[f"{name}/rules"], workloads[f"{name}/best"] = rule_schedules[name].mod, best_mod
+        for key, seconds in _measure(builder, runner, workloads, target).items():
+            timed.setdefault(key, []).append(seconds)
+    for name, (best, _) in pairs.items():
+        rules_now, best_now = min(timed.get(f"{name}/rules", [0.0])), min(timed.get(f"{name}/best", [0.0]))
+        if not rules_now or not best_now:
+            continue
+        report.rechecked[name] = (rules_now, best_now)
+        if rules_now < best_now:
+            seconds = mean_seconds(best) * rules_now / best_now
+            workload_mod = workload_of(funcs[name])
+            workload = database.commit_workload(workload_mod)
+            database.commit_tuning_record(ms.database.TuningRecord(
+                rule_schedules[name].trace, workload, [tvm.tirx.FloatImm("float64", seconds)], target,
+                ms.arg_info.ArgInfo.from_prim_func(workload_mod["main"])))
