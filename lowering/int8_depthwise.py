@@ -37,7 +37,7 @@ from tvm import tirx
 from tvm.s_tir import dlight as dl
 
 from .grouped_conv import padded_plane, schedule_padding
-from .int8_kernels import BLOCK_ATTR, data_shift, kernel_data_dtype, target_dot, word_broadcast
+from .int8_kernels import BLOCK_ATTR, data_shift, kernel_data_dtype, word_broadcast
 from .int8_pixels import block_axes, padded_lanes, pixel_kernel, present
 from .schedule_common import row_vector_width
 
@@ -189,12 +189,6 @@ def register_window_intrinsic(dot: str, lanes: int, stride: int) -> str:
     return name
 
 
-def window_intrinsic(target, lanes: int, stride: int) -> str | None:
-    """The tensor intrinsic for one kernel row of L outputs on `target`; None: no dot product."""
-    dot = target_dot(target)
-    return register_window_intrinsic(dot, lanes, stride) if dot else None
-
-
 def _tile(out_h: int, vectors: int) -> tuple[int, int]:
     """(t_h rows, t_w vectors) of accumulators: whole rows when they fit, at most ACCUMULATORS."""
     t_w = max(d for d in range(1, min(vectors, ACCUMULATORS) + 1) if vectors % d == 0)
@@ -211,8 +205,8 @@ class Int8DepthwiseRule(dl.ScheduleRule):
         found = pixel_kernel(func, target, DEPTHWISE_BLOCK, stages_before=1)
         if found is None:
             return None
-        sch, (plane,), block, last, lanes, _ = found
-        intrinsic = window_intrinsic(target, lanes, int(sch.get(block).annotations[STRIDE_ATTR]))
+        sch, (plane,), block, last, lanes, dot = found
+        intrinsic = register_window_intrinsic(dot, lanes, int(sch.get(block).annotations[STRIDE_ATTR]))
         _, _, out_h, padded_w = (int(e) for e in sch.get(block).writes[0].source.shape)
         (n, channel, oh, ow), (*kernel_rows, inner) = block_axes(sch, block)  # no kernel row loop: 1 x kw
         t_h, t_w = _tile(out_h, padded_w // lanes)

@@ -189,12 +189,6 @@ def register_pixel_intrinsic(dot: str, lanes: int) -> str:
     return name
 
 
-def pixel_intrinsic(target, lanes: int) -> str | None:
-    """The tensor intrinsic for one pixel-lane step on `target`; None: it has no dot product."""
-    dot = target_dot(target)
-    return register_pixel_intrinsic(dot, lanes) if dot else None
-
-
 def choose_pixel_tile(out_channels: int, vectors_per_row: int, budget: int) -> tuple[int, int]:
     """(v output channels, t pixel vectors): v * t <= budget accumulators, v dividing the channels
     and t the row; the most dot products per tile, then the fewest vectors per step."""
@@ -210,23 +204,23 @@ def choose_pixel_tile(out_channels: int, vectors_per_row: int, budget: int) -> t
 
 def pixel_kernel(func, target, block_name: str, stages_before: int):
     """(schedule, the blocks before the accumulator, the accumulator, the last block or None, its
-    lanes L, the pixel-lane intrinsic) when `func` is such a kernel with `stages_before` input
-    stages, on a target with a dot product; the epilogue's elementwise chain is inlined into its
-    last block. Else None."""
+    lanes L, the target's dot product: "vnni" or "sdot") when `func` is such a kernel with
+    `stages_before` input stages, on a target with a dot product; the epilogue's elementwise chain
+    is inlined into its last block. Else None."""
     from .int8_schedules import find_int8_kernel
 
     found = find_int8_kernel(func, target, block_name)
     if found is None:
         return None
     sch, infos, conv, lanes = found
-    intrinsic = pixel_intrinsic(target, lanes)
+    dot = target_dot(target)
     before, after = infos[:infos.index(conv)], infos[infos.index(conv) + 1:]
-    if intrinsic is None or len(before) != stages_before:
+    if dot is None or len(before) != stages_before:
         return None
     for info in after[:-1]:
         sch.compute_inline(info.block_rv)
     last = after[-1].block_rv if after else None
-    return sch, [info.block_rv for info in before], conv.block_rv, last, lanes, intrinsic
+    return sch, [info.block_rv for info in before], conv.block_rv, last, lanes, dot
 
 
 def block_axes(sch, block):
@@ -259,7 +253,8 @@ class Int8PixelConv2dRule(dl.ScheduleRule):
         found = pixel_kernel(func, target, PIXEL_BLOCK, stages_before=1)
         if found is None:
             return None
-        sch, (pack,), block, last, lanes, intrinsic = found
+        sch, (pack,), block, last, lanes, dot = found
+        intrinsic = register_pixel_intrinsic(dot, lanes)
         _, channels, _, width = (int(e) for e in sch.get(block).writes[0].source.shape)
         (n, co, oh, ow), (*outer_reduction, inner) = block_axes(sch, block)
         batch_loops, row_loop = present(n), present(oh)
