@@ -22,6 +22,17 @@ def workload_of(func):
     return _workload(func)
 
 
+def _commit(database, func, trace, seconds: float, target) -> None:
+    """A tuning record of `trace` on `func`'s workload, timed at `seconds`."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    workload_mod = workload_of(func)
+    database.commit_tuning_record(ms.database.TuningRecord(
+        trace, database.commit_workload(workload_mod), [tvm.tirx.FloatImm("float64", seconds)], target,
+        ms.arg_info.ArgInfo.from_prim_func(workload_mod["main"])))
+
+
 def _measure(builder, runner, workloads: dict, target) -> dict[str, float]:
     """Build and time scheduled kernels the way MetaSchedule measures its candidates (on this machine
     or on the RPC devices); kernel name -> mean seconds, for those that built and ran."""
@@ -45,9 +56,6 @@ def _measure(builder, runner, workloads: dict, target) -> dict[str, float]:
 def commit_rule_schedules(database, funcs: dict, target, builder, runner, report) -> dict:
     """Commit each kernel's rule schedule, measured like a candidate, as a tuning record (the search's
     starting point, so the database's best is never worse than the rules); the rule schedules."""
-    import tvm
-    from tvm.s_tir import meta_schedule as ms
-
     from slimgraph.lowering.cpu_schedules import CPU_RULES
 
     schedules = {}
@@ -58,20 +66,14 @@ def commit_rule_schedules(database, funcs: dict, target, builder, runner, report
     measured = _measure(builder, runner, {n: s.mod for n, s in schedules.items()}, target)
     for name, seconds in measured.items():
         report.rule_seconds[name] = seconds
-        workload_mod = workload_of(funcs[name])
-        workload = database.commit_workload(workload_mod)
-        database.commit_tuning_record(ms.database.TuningRecord(
-            schedules[name].trace, workload, [tvm.tirx.FloatImm("float64", seconds)], target,
-            ms.arg_info.ArgInfo.from_prim_func(workload_mod["main"])))
+        _commit(database, funcs[name], schedules[name].trace, seconds, target)
     return schedules
 
 
 def recheck_rules_against_best(database, funcs: dict, rule_schedules: dict, target, builder, runner, report) -> None:
     """Time each kernel's rule schedule and the database's best again, back to back (module docstring);
     where the rules win, commit them as the best record."""
-    import tvm
     from tvm import s_tir
-    from tvm.s_tir import meta_schedule as ms
 
     from .tuning import _best_record, mean_seconds
 
@@ -98,9 +100,5 @@ def recheck_rules_against_best(database, funcs: dict, rule_schedules: dict, targ
             continue
         report.rechecked[name] = (rules_now, best_now)
         if rules_now < best_now:
-            seconds = mean_seconds(best) * rules_now / best_now
-            workload_mod = workload_of(funcs[name])
-            workload = database.commit_workload(workload_mod)
-            database.commit_tuning_record(ms.database.TuningRecord(
-                rule_schedules[name].trace, workload, [tvm.tirx.FloatImm("float64", seconds)], target,
-                ms.arg_info.ArgInfo.from_prim_func(workload_mod["main"])))
+            _commit(database, funcs[name], rule_schedules[name].trace, mean_seconds(best) * rules_now / best_now,
+                    target)
