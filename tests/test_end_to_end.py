@@ -79,3 +79,5 @@ def test_compile_checks_against_the_reference_and_benchmarks():
     assert compiled.report.max_abs_diff <= 1e-5
     assert compiled.report.latency["runs"] == 3 and compiled.report.latency["median_ms"] > 0
     assert len(compiled.report.kernels) >= 3
+    timed = compiled.benchmark(repeat=5)  # every run's time too (the benchmarks interleave engines with them)
+    assert len(timed["runs_ms"]) == 5 and timed["median_ms"] == sorted(timed["runs_ms"])[2]

@@ -62,6 +62,19 @@ def test_tune_then_compile_reuses_the_database(tmp_path, capsys, monkeypatch):
     assert elsewhere.report.tuning.applied == []
 
 
+def test_tuning_only_named_kernels(tmp_path, capsys):
+    """--kernels spends the trials on the named kernel only: the database holds its workload alone."""
+    from slimgraph.lowering import kernel_calls
+
+    kernel = sorted(kernel_calls(slimgraph.compile("digit_cnn", check=False).lowered))[0]
+    database = tmp_path / "db"
+    code, out, _ = run_cli(capsys, "tune", "digit_cnn", "--trials", "1", "--kernels", kernel, "--db", str(database),
+                           "--runs", "0", "--quiet")
+    assert code == 0, out
+    assert len((database / "database_workload.json").read_text().splitlines()) == 1
+    assert kernel in out
+
+
 def test_tuning_only_named_kernels_names_the_unknown_one(capsys):
     code, _, err = run_cli(capsys, "tune", "digit_cnn", "--trials", "1", "--kernels", "no_such_kernel",
                            "--quiet")
