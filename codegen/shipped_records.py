@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .tuning import SHIPPED_RECORDS, machine_kind, mean_seconds, open_database
+from .tuning import SHIPPED_RECORDS, TuningError, machine_kind, mean_seconds, open_database
 
 
 def _best_records(directories: list[Path]) -> dict:
@@ -40,6 +40,9 @@ def merge_into(source: Path, destination: Path = SHIPPED_RECORDS) -> int:
     """Merge the best records of `source` into `destination` (module docstring); the records it holds."""
     from tvm.s_tir import meta_schedule as ms
 
+    if not (source / "database_tuning_record.json").is_file():
+        raise TuningError(f"'{source}' is not a tuning database (no database_tuning_record.json): "
+                          f"give the --db directory that `slimgraph tune` filled")
     best = _best_records([destination, source])
     with tempfile.TemporaryDirectory(dir=destination.parent) as scratch:
         merged = ms.database.JSONDatabase(work_dir=scratch, allow_missing=True)
@@ -58,7 +61,10 @@ def main(argv=None) -> None:
     parser.add_argument("database", type=Path, help="a tuning database directory")
     parser.add_argument("--into", type=Path, default=SHIPPED_RECORDS, help=f"default: {SHIPPED_RECORDS}")
     args = parser.parse_args(argv)
-    count = merge_into(args.database, args.into)
+    try:
+        count = merge_into(args.database, args.into)
+    except TuningError as exc:
+        raise SystemExit(f"error: {exc}") from None
     print(f"{args.into}: {count} record(s), the fastest per kernel and kind of machine")
 
 

@@ -2,6 +2,8 @@
 import json
 import time
 
+import pytest
+
 import slimgraph
 from slimgraph.codegen import tuning
 from slimgraph.codegen.shipped_records import merge_into
@@ -60,6 +62,15 @@ def test_tune_then_compile_reuses_the_database(tmp_path, capsys, monkeypatch):
     (database / "database_tuning_record.json").write_text("\n".join(moved) + "\n")
     elsewhere = slimgraph.compile(f"{factory}:mlp", tuning=TuningOptions(database=database))
     assert elsewhere.report.tuning.applied == []
+
+
+def test_merging_a_directory_that_is_no_database_is_a_one_line_error(tmp_path):
+    from slimgraph.codegen import shipped_records
+
+    shipped = tmp_path / "shipped"
+    with pytest.raises(SystemExit, match=r"is not a tuning database \(no database_tuning_record.json\)"):
+        shipped_records.main([str(tmp_path / "typo"), "--into", str(shipped)])
+    assert not shipped.exists()  # nothing written
 
 
 def test_tuning_only_named_kernels(tmp_path, capsys):
