@@ -87,16 +87,23 @@ def _stub_driver() -> Path:
 def enable_cuda_codegen() -> str:
     """Make TVM compile CUDA kernels into a device binary in this process; returns how ("driver" /
     "stub driver"). Raises CudaError naming what to install when no CUDA compiler is found."""
-    import tvm
-    from tvm.base import _LOADED_LIBS
-    from tvm_ffi.libinfo import load_lib_ctypes
-
     nvcc = find_nvcc()
     if nvcc is None:
         raise CudaError("CUDA targets need NVIDIA's nvcc on PATH or in $CUDA_PATH/bin: install NVIDIA's CUDA "
                         "toolkit 13.x (TVM's CUDA runtime links libcudart.so.13)")
     os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
     os.environ["PATH"] = f"{Path(nvcc).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return load_cuda_runtime()
+
+
+def load_cuda_runtime() -> str:
+    """Load TVM's CUDA runtime (libtvm_runtime_cuda.so: CUDA devices, the fatbin loader, the CUDA
+    codegen's compile hook) into this process, over the stand-in driver where no real one is
+    installed; returns "driver" or "stub driver". Raises CudaError when it cannot load."""
+    import tvm
+    from tvm.base import _LOADED_LIBS
+    from tvm_ffi.libinfo import load_lib_ctypes
+
     if "tvm_runtime_cuda" in _LOADED_LIBS:
         return "driver" if tvm.cuda(0).exist else "stub driver"
     how = "driver"
@@ -115,11 +122,14 @@ def enable_cuda_codegen() -> str:
 
 
 def gpu_present() -> bool:
-    """A CUDA GPU with a real driver is usable from this process."""
+    """A CUDA GPU with a real driver is usable from this process (TVM's CUDA runtime is loaded for it)."""
+    if not _real_driver_present():
+        return False
     try:
         import tvm
 
-        return _real_driver_present() and bool(tvm.cuda(0).exist)
+        load_cuda_runtime()
+        return bool(tvm.cuda(0).exist)
     except Exception:  # noqa: BLE001 - no CUDA runtime at all
         return False
 

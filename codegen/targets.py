@@ -95,13 +95,17 @@ def arm64_dotprod() -> TargetSpec:
 
 
 DEFAULT_CUDA_ARCH = "sm_90"
+# What every NVIDIA GPU since sm_30 allows one thread block; MetaSchedule's GPU rules and its code
+# check (VerifyGPUCode) read them from the target and refuse a target without them.
+CUDA_LIMITS = {"max_threads_per_block": 1024, "max_shared_memory_per_block": 49152, "thread_warp_size": 32,
+               "registers_per_block": 65536}
 
 
 def cuda(arch: str = DEFAULT_CUDA_ARCH) -> TargetSpec:
     if not re.fullmatch(r"sm_\d{2,3}[af]?", arch):
         raise TargetError(f"CUDA architecture '{arch}' is not of the form sm_XX (e.g. sm_80, sm_90, sm_90a)")
     host = {key: value for key, value in x86_host().config.items() if key != "num-cores"}
-    config = {"kind": "cuda", "arch": arch, "host": host}
+    config = {"kind": "cuda", "arch": arch, **CUDA_LIMITS, "host": host}
     return TargetSpec("cuda" if arch == DEFAULT_CUDA_ARCH else f"cuda:{arch}", config, (arch,))
 
 

@@ -109,10 +109,10 @@ def kernels(mod) -> dict[str, object]:
 
 
 def machine_kind(target) -> tuple:
-    """What a record is valid for: target kind, triple, CPU name and features (not the core count,
-    which the schedules' tile sizes do not depend on)."""
+    """What a record is valid for: target kind, triple, CPU name and features, GPU architecture (not
+    the core count, which the schedules' tile sizes do not depend on)."""
     attrs = target.attrs
-    return (target.kind.name, str(attrs.get("mtriple", "")), str(attrs.get("mcpu", "")),
+    return (target.kind.name, str(attrs.get("mtriple", "")), str(attrs.get("mcpu", "")), str(attrs.get("arch", "")),
             tuple(sorted(str(a) for a in (attrs.get("mattr") or []))))
 
 
@@ -168,6 +168,26 @@ def _import_tensor_intrinsics() -> None:  # builder workers: before the first bu
     import tvm.s_tir.tensor_intrin  # noqa: F401
 
 
+def _prepare_cuda_builder() -> None:  # CUDA builder workers also compile kernels to a fatbin with nvcc
+    _import_tensor_intrinsics()
+    from .cuda import enable_cuda_codegen
+
+    enable_cuda_codegen()
+
+
+def _build_under_target(mod, target, params):  # nvcc's arch comes from the current target, not the GPU present
+    from tvm.s_tir.meta_schedule.builder.local_builder import default_build
+
+    with target:
+        return default_build(mod, target, params)
+
+
+def _prepare_cuda_runner() -> None:  # CUDA runner workers load TVM's CUDA runtime to run the fatbins
+    from .cuda import load_cuda_runtime
+
+    load_cuda_runtime()
+
+
 def _targets_aarch64(target) -> bool:
     return str(target.attrs.get("mtriple", "")).startswith("aarch64")
 
@@ -176,14 +196,23 @@ def _builder_and_runner(target, options: TuningOptions):
     from tvm.s_tir import meta_schedule as ms
 
     export = export_for_aarch64 if _targets_aarch64(target) else None
-    builder = ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_SECONDS, initializer=_import_tensor_intrinsics,
-                                      f_export=export)
+    on_gpu = target.kind.name == "cuda"
+    builder = ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_SECONDS, f_export=export,
+                                      f_build=_build_under_target if on_gpu else None,
+                                      initializer=_prepare_cuda_builder if on_gpu else _import_tensor_intrinsics)
     evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20)
     if options.rpc is not None:
         return builder, rpc_runner(options.rpc, evaluator)
     if _targets_aarch64(target):
         raise TuningError("tuning for an aarch64 target measures on the devices: give --rpc HOST:PORT "
                           "--device-key KEY (docs/tuning.md, 'Tuning on a device farm')")
+    if on_gpu:
+        from .cuda import gpu_present
+
+        if not gpu_present():
+            raise TuningError("tuning for cuda measures on this machine's GPU and it has none (no NVIDIA driver or "
+                              "device): tune on a GPU host, or give --rpc HOST:PORT --device-key KEY")
+        return builder, ms.runner.LocalRunner(evaluator_config=evaluator, initializer=_prepare_cuda_runner)
     return builder, ms.runner.LocalRunner(evaluator_config=evaluator)
 
 
@@ -227,10 +256,9 @@ def tune(mod, target, options: TuningOptions) -> None:
 
 def tune_and_apply(mod, target, options: TuningOptions):
     """The compiler's hook before the schedule rules: search (if trials > 0), then apply the database."""
-    if target.kind.name != "llvm":
+    if target.kind.name not in ("llvm", "cuda"):
         if options.trials > 0:
-            raise TuningError(f"MetaSchedule tuning for {target.kind.name} is not built yet: its kernels use "
-                              f"dlight's GPU rules; compile without --tune")
+            raise TuningError(f"MetaSchedule tuning for {target.kind.name} is not built: compile without --tune")
         return mod
     if options.trials > 0:
         tune(mod, target, options)

@@ -53,14 +53,27 @@ def _measure(builder, runner, workloads: dict, target) -> dict[str, float]:
     return seconds
 
 
+def rule_schedule(func, target):
+    """The schedule the target's rules give `func` (ours on CPUs, dlight's on GPUs), or None."""
+    from slimgraph.lowering.cpu_schedules import CPU_RULES
+    from slimgraph.lowering.gpu_schedules import gpu_rules
+
+    for rule in gpu_rules() if "gpu" in target.keys else CPU_RULES:
+        try:
+            schedule = rule.apply(func, target, False)
+        except Exception:  # noqa: BLE001 - a dlight rule that trips on a shape declines (as in gpu_schedules)
+            schedule = None
+        if schedule is not None:
+            return schedule[0] if isinstance(schedule, list) else schedule
+    return None
+
+
 def commit_rule_schedules(database, funcs: dict, target, builder, runner, report) -> dict:
     """Commit each kernel's rule schedule, measured like a candidate, as a tuning record (the search's
     starting point, so the database's best is never worse than the rules); the rule schedules."""
-    from slimgraph.lowering.cpu_schedules import CPU_RULES
-
     schedules = {}
     for name, func in funcs.items():
-        schedule = next((s for rule in CPU_RULES if (s := rule.apply(workload_of(func)["main"], target, False))), None)
+        schedule = rule_schedule(workload_of(func)["main"], target)
         if schedule is not None and schedule.trace is not None:
             schedules[name] = schedule
     measured = _measure(builder, runner, {n: s.mod for n, s in schedules.items()}, target)

@@ -2,6 +2,7 @@
 cubin, with dlight's GPU rules named per kernel; `dump --source` shows the kernels. Building needs
 nvcc (the CUDA toolkit), not a GPU: without nvcc these tests skip. Running a library needs an
 NVIDIA GPU: those tests skip without one, and the refusal to run is tested where there is none."""
+import contextlib
 import copy
 import json
 
@@ -13,9 +14,11 @@ import slimgraph
 from slimgraph.cli import main
 from slimgraph.codegen import cuda
 from slimgraph.codegen.targets import resolve_target
+from slimgraph.codegen.tuning import TuningOptions
 from slimgraph.ir.errors import SlimgraphError
 
 from .conftest import MODEL_NAMES, imported_model
+from .test_cli import run_cli
 
 needs_nvcc = pytest.mark.skipif(cuda.find_nvcc() is None, reason="CUDA builds need nvcc (the CUDA toolkit)")
 HAS_GPU = cuda.gpu_present()
@@ -79,13 +82,24 @@ def test_running_without_a_gpu_is_a_one_line_error(tmp_path, capsys):
         slimgraph.load(tmp_path / "m.so")(np.zeros((1, 1, 8, 8), np.float32))
 
 
+@contextlib.contextmanager
+def full_fp32_on_the_gpu():
+    """PyTorch's GPU reference in fp32 proper: cuDNN's convolutions default to TF32 (10-bit mantissas)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @needs_gpu
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_builtin_models_match_pytorch_on_the_gpu(name, tmp_path):
     module, inputs, _ = imported_model(name)
     slimgraph.compile(module, inputs, target="cuda", output=tmp_path / "m.so")
     outputs = slimgraph.load(tmp_path / "m.so")(*inputs)
-    with torch.no_grad():
+    with torch.no_grad(), full_fp32_on_the_gpu():
         expected = copy.deepcopy(module).cuda()(*[i.cuda() for i in inputs])
     expected = expected if isinstance(expected, tuple) else (expected,)
     for got, want in zip(outputs, expected):
@@ -118,3 +132,20 @@ def test_missing_nvcc_names_the_toolkit(monkeypatch):
 def test_the_stand_in_driver_is_only_used_without_a_real_one():
     how = cuda.enable_cuda_codegen()
     assert how == ("driver" if HAS_GPU else "stub driver")
+
+
+@needs_nvcc
+@needs_gpu
+def test_tuning_on_the_gpu_fills_a_database_that_later_builds_use(tmp_path, capsys):
+    database = tmp_path / "db"
+    code, out, _ = run_cli(capsys, "tune", "digit_cnn", "--target", "cuda", "--trials", "16", "--db", str(database),
+                           "--runs", "0", "--quiet")
+    assert code == 0, out
+    records = [json.loads(line) for line in (database / "database_tuning_record.json").read_text().splitlines()]
+    assert len(records) > 5 and all(record[2]["kind"] == "cuda" and record[2]["arch"] == "sm_90"
+                                    for _, record in records)
+    compiled = slimgraph.compile("digit_cnn", target="cuda", tuning=TuningOptions(database=database),
+                                 output=tmp_path / "m.so")
+    assert compiled.report.tuning.applied == compiled.report.kernels  # MetaSchedule's, or dlight's if it won
+    assert compiled.report.max_abs_diff < 1e-3
+    assert ("cubin", "sm_90") in cuda.fatbin_images(tmp_path / "m.so")
