@@ -16,7 +16,6 @@ slimgraph's library from PyTorch on the GPU is listed too. A benchmark, not a te
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import warnings
@@ -31,7 +30,7 @@ import slimgraph  # noqa: E402
 from slimgraph.codegen.tuning import TuningOptions  # noqa: E402
 from slimgraph.models import REFERENCE_MODELS, reference_model  # noqa: E402
 
-from .bench_models import interleaved_medians, machine_description, vm_runs, write_markdown  # noqa: E402
+from .bench_models import bench_parser, interleaved_medians, machine_description, show_table, vm_runs  # noqa: E402
 
 ENGINES = ["PyTorch eager", "torch.compile", "plain TVM", "slimgraph", "slimgraph tuned"]
 BASELINE = "torch.compile"
@@ -110,11 +109,8 @@ def bench_model(name: str, runs: int, database) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default=",".join(sorted(REFERENCE_MODELS)))
-    parser.add_argument("--runs", type=int, default=50)
+    parser = bench_parser(__doc__, ",".join(sorted(REFERENCE_MODELS)), 50)
     parser.add_argument("--db", help="tuning database for the 'slimgraph tuned' column (default: the user's cache)")
-    parser.add_argument("--markdown", help="also write the table as markdown to this file")
     parser.add_argument("--json", help="also write the measurements as JSON to this file")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -140,9 +136,7 @@ def main() -> None:
     table = Table(*headers, title=f"batch 1, fp32, {torch.cuda.get_device_name()}; {machine_description()}")
     for row in rows:
         table.add_row(*row)
-    Console().print(table)
-    if args.markdown:
-        write_markdown(args.markdown, headers, rows)
+    show_table(table, headers, rows, args.markdown)
 
 
 if __name__ == "__main__":

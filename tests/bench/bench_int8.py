@@ -12,7 +12,6 @@ against the float model on a held-out input. A benchmark, not a test.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import warnings
@@ -22,7 +21,6 @@ warnings.filterwarnings("ignore")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 import slimgraph  # noqa: E402
@@ -30,7 +28,7 @@ from slimgraph import ir  # noqa: E402
 from slimgraph.codegen.tuning import TuningOptions  # noqa: E402
 from slimgraph.models import reference_model  # noqa: E402
 from slimgraph.tests.bench.bench_models import (  # noqa: E402
-    interleaved_medians, machine_description, timed, vm_runs, write_markdown)
+    bench_parser, interleaved_medians, machine_description, show_table, timed, vm_runs)
 
 CALIBRATION_BATCHES = 8
 COLUMNS = ["ORT fp32", "ORT int8", "slimgraph fp32", "slimgraph int8"]
@@ -97,11 +95,7 @@ def bench_model(name: str, runs: int, folder: str) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="resnet18,mobilenet_v2,bert_encoder")
-    parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--markdown", help="also write the table as markdown to this file")
-    args = parser.parse_args()
+    args = bench_parser(__doc__, "resnet18,mobilenet_v2,bert_encoder", 30).parse_args()
     table = Table(title=f"int8 latency (ms, median of {args.runs}), {machine_description()}")
     headers = ["model", *COLUMNS, "int8 vs our fp32", "vs ORT int8", "SQNR ours / ORT (dB)"]
     for header in headers:
@@ -114,9 +108,7 @@ def main() -> None:
                    f"{r['slimgraph int8'] / r['ORT int8']:.2f}x", f"{r['slimgraph int8 SQNR']:.1f} / {r['ORT int8 SQNR']:.1f}"]
             rows.append(row)
             table.add_row(*row)
-    Console().print(table)
-    if args.markdown:
-        write_markdown(args.markdown, headers, rows)
+    show_table(table, headers, rows, args.markdown)
 
 
 if __name__ == "__main__":

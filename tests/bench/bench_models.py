@@ -129,6 +129,22 @@ def plain_tvm_runs(module, inputs) -> Callable[[int], list[float]]:
     return timed(lambda: vm["main"](*args))
 
 
+def bench_parser(doc: str, models: str, runs: int) -> argparse.ArgumentParser:
+    """The options every model benchmark takes: --models, --runs and --markdown."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=models)
+    parser.add_argument("--runs", type=int, default=runs)
+    parser.add_argument("--markdown", help="also write the table as markdown to this file")
+    return parser
+
+
+def show_table(table, headers: list[str], rows: list[list[str]], markdown: str | None) -> None:
+    """Print the rich table; with --markdown also write its rows as a markdown table."""
+    Console().print(table)
+    if markdown:
+        write_markdown(markdown, headers, rows)
+
+
 def write_markdown(path: str, headers: list[str], rows: list[list[str]]) -> None:
     """The table as a markdown table in `path` (docs/benchmarks.md takes it as is)."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
@@ -148,11 +164,8 @@ def machine_description() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default=",".join(sorted(REFERENCE_MODELS)))
-    parser.add_argument("--runs", type=int, default=20)
+    parser = bench_parser(__doc__, ",".join(sorted(REFERENCE_MODELS)), 20)
     parser.add_argument("--no-torch-compile", action="store_true")
-    parser.add_argument("--markdown", help="also write the table as markdown to this file")
     parser.add_argument("--db", help="tuning database for the 'slimgraph tuned' column (default: the user's cache)")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)

@@ -10,7 +10,6 @@ builds of a model are timed alternately, `--runs` each, in rounds of 5. A benchm
 """
 from __future__ import annotations
 
-import argparse
 import os
 import warnings
 
@@ -24,7 +23,7 @@ from rich.table import Table  # noqa: E402
 import slimgraph  # noqa: E402
 from slimgraph.codegen.tuning import TuningOptions  # noqa: E402
 from slimgraph.ir.stats import graph_stats  # noqa: E402
-from slimgraph.tests.bench.bench_models import machine_description, write_markdown  # noqa: E402
+from slimgraph.tests.bench.bench_models import bench_parser, machine_description, show_table  # noqa: E402
 
 DEFAULT = "fold-bn,fold-constants,fuse"
 
@@ -47,11 +46,8 @@ def bench_model(name: str, ratio: float, runs: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="resnet18,mobilenet_v2")
+    parser = bench_parser(__doc__, "resnet18,mobilenet_v2", 30)
     parser.add_argument("--ratio", type=float, default=0.5)
-    parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--markdown", help="also write the table as markdown to this file")
     args = parser.parse_args()
     headers = ["model", "M MACs unpruned", "M MACs pruned", "MACs ratio", "params unpruned", "params pruned",
                "ms unpruned", "ms pruned", "speed-up"]
@@ -68,9 +64,7 @@ def main() -> None:
         table.add_row(*row)
         round_note = next((n for n in r["notes"] if n.startswith("round=auto")), "")
         Console().print(f"{name}: {round_note}")
-    Console().print(table)
-    if args.markdown:
-        write_markdown(args.markdown, headers, rows)
+    show_table(table, headers, rows, args.markdown)
 
 
 if __name__ == "__main__":
