@@ -192,14 +192,23 @@ def _targets_aarch64(target) -> bool:
     return str(target.attrs.get("mtriple", "")).startswith("aarch64")
 
 
-def _builder_and_runner(target, options: TuningOptions):
+def candidate_builder(target, max_workers: int | None = None):
+    """MetaSchedule's builder for `target`'s candidates: aarch64 libraries linked by the cross
+    compiler; CUDA kernels compiled to the target's arch by nvcc in the workers."""
     from tvm.s_tir import meta_schedule as ms
 
     export = export_for_aarch64 if _targets_aarch64(target) else None
     on_gpu = target.kind.name == "cuda"
-    builder = ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_SECONDS, f_export=export,
-                                      f_build=_build_under_target if on_gpu else None,
-                                      initializer=_prepare_cuda_builder if on_gpu else _import_tensor_intrinsics)
+    return ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_SECONDS, f_export=export, max_workers=max_workers,
+                                   f_build=_build_under_target if on_gpu else None,
+                                   initializer=_prepare_cuda_builder if on_gpu else _import_tensor_intrinsics)
+
+
+def _builder_and_runner(target, options: TuningOptions):
+    from tvm.s_tir import meta_schedule as ms
+
+    on_gpu = target.kind.name == "cuda"
+    builder = candidate_builder(target)
     evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20)
     if options.rpc is not None:
         return builder, rpc_runner(options.rpc, evaluator)

@@ -5,6 +5,7 @@ NVIDIA GPU: those tests skip without one, and the refusal to run is tested where
 import contextlib
 import copy
 import json
+import tarfile
 
 import numpy as np
 import pytest
@@ -149,3 +150,38 @@ def test_tuning_on_the_gpu_fills_a_database_that_later_builds_use(tmp_path, caps
     assert compiled.report.tuning.applied == compiled.report.kernels  # MetaSchedule's, or dlight's if it won
     assert compiled.report.max_abs_diff < 1e-3
     assert ("cubin", "sm_90") in cuda.fatbin_images(tmp_path / "m.so")
+
+
+@needs_nvcc
+def test_cuda_tuning_candidates_compile_to_device_code(tmp_path):
+    """The half of CUDA tuning that needs no GPU: a MetaSchedule candidate for a conv kernel (its
+    CUDA design space, post-processed as the search does) and dlight's schedule that seeds the
+    search both build, in the tuning builder's workers, into sm_90 cubins."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from slimgraph.codegen import tuning
+    from slimgraph.codegen.tuning_measure import rule_schedule
+    from slimgraph.lowering import lower
+
+    target = resolve_target("cuda").tvm_target()
+    kernels = {}
+    lower(imported_model("digit_cnn")[2], target, before_rules=lambda mod: kernels.update(tuning.kernels(mod)) or mod)
+    name = next(n for n in kernels if "conv2d" in n)
+    workload = tuning._workload(kernels[name])
+    for seed in range(20):  # a sampled candidate that MetaSchedule's GPU checks (VerifyGPUCode, ...) accept
+        context = ms.TuneContext(mod=workload, target=target, space_generator="post-order-apply", task_name=name,
+                                 rand_state=seed)
+        candidate = context.generate_design_space()[0]
+        if all(postproc.apply(candidate) for postproc in context.space_generator.postprocs):
+            break
+    else:
+        pytest.fail(f"no candidate of {name} passed MetaSchedule's post-processors in 20 samples")
+    with target:
+        dlight = rule_schedule(workload["main"], target)
+    built = tuning.candidate_builder(target, max_workers=1).build(
+        [ms.builder.BuilderInput(schedule.mod, target) for schedule in (candidate, dlight)])
+    for result in built:
+        assert result.error_msg is None, result.error_msg[-500:]
+        with tarfile.open(result.artifact_path) as archive:  # the candidate as the runner gets it
+            (tmp_path / "devc.o").write_bytes(archive.extractfile("devc.o").read())
+        assert cuda.fatbin_images(tmp_path / "devc.o") == [("cubin", "sm_90")]
