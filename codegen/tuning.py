@@ -28,7 +28,7 @@ from slimgraph.lowering.pipeline import kernel_calls
 
 from .cache import cache_dir
 from .rpc import RpcDevice, export_for_aarch64, rpc_runner
-from .tuning_measure import commit_rule_schedules, recheck_rules_against_best
+from .tuning_measure import commit_rule_schedules, recheck_rules_against_best, workload_of
 
 BUILD_TIMEOUT_SECONDS = 300
 RECORDS_SCANNED = 64  # a workload's fastest records looked at for one made on this kind of machine
@@ -69,12 +69,6 @@ class TuningOptions:
     @property
     def directory(self) -> Path:
         return Path(self.database) if self.database is not None else default_database_dir()
-
-
-def _workload(func):
-    import tvm
-
-    return tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
 
 
 def open_database(directory: Path, create: bool = True):
@@ -136,9 +130,9 @@ def _databases(options: TuningOptions) -> list[tuple[object, bool]]:
 
 def _best_record(database, workload, target):
     """The fastest record of `workload` made on this kind of machine, or None."""
-    if not database.has_workload(workload):  # before commit_workload, which would add it
+    if not database.hasworkload_of(workload):  # before commit_workload, which would add it
         return None
-    records = database.get_top_k(database.commit_workload(workload), RECORDS_SCANNED)
+    records = database.get_top_k(database.commitworkload_of(workload), RECORDS_SCANNED)
     return next((r for r in records if same_machine_kind(r.target, target)), None)
 
 
@@ -149,7 +143,7 @@ def apply_database(mod, target, options: TuningOptions):
 
     databases = _databases(options)
     for name, func in kernels(mod).items() if databases else ():
-        workload = _workload(func)
+        workload = workload_of(func)
         for database, shipped in databases:
             record = _best_record(database, workload, target)
             if record is None:
@@ -245,7 +239,7 @@ def tune(mod, target, options: TuningOptions) -> None:
         rule_schedules = commit_rule_schedules(database, funcs, target, builder, runner, options.report)
     calls = kernel_calls(mod)
     names = list(funcs)
-    contexts = [ms.TuneContext(mod=_workload(funcs[n]), target=target, space_generator="post-order-apply",
+    contexts = [ms.TuneContext(mod=workload_of(funcs[n]), target=target, space_generator="post-order-apply",
                                search_strategy="evolutionary", task_name=n, num_threads="physical",
                                rand_state=options.seed) for n in names]
     callbacks = ms.MeasureCallback.create("default")
@@ -258,7 +252,7 @@ def tune(mod, target, options: TuningOptions) -> None:
     with target:
         recheck_rules_against_best(database, funcs, rule_schedules, target, builder, runner, options.report)
     for name in names:
-        record = _best_record(database, _workload(funcs[name]), target)
+        record = _best_record(database, workload_of(funcs[name]), target)
         if record is not None:
             options.report.tuned[name] = mean_seconds(record)
 

@@ -17,9 +17,10 @@ ROUNDS = 2
 
 
 def workload_of(func):
-    from .tuning import _workload
+    """A kernel as MetaSchedule's workload: an IRModule of it alone, named main."""
+    import tvm
 
-    return _workload(func)
+    return tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
 
 
 def _commit(database, func, trace, seconds: float, target) -> None:
@@ -54,18 +55,15 @@ def _measure(builder, runner, workloads: dict, target) -> dict[str, float]:
 
 
 def rule_schedule(func, target):
-    """The schedule the target's rules give `func` (ours on CPUs, dlight's on GPUs), or None."""
+    """The schedule the target's rules give `func` (ours on CPUs, dlight's on GPUs, as the compile
+    would), or None."""
     from slimgraph.lowering.cpu_schedules import CPU_RULES
-    from slimgraph.lowering.gpu_schedules import gpu_rules
+    from slimgraph.lowering.gpu_schedules import first_gpu_schedule
 
-    for rule in gpu_rules() if "gpu" in target.keys else CPU_RULES:
-        try:
-            schedule = rule.apply(func, target, False)
-        except Exception:  # noqa: BLE001 - a dlight rule that trips on a shape declines (as in gpu_schedules)
-            schedule = None
-        if schedule is not None:
-            return schedule[0] if isinstance(schedule, list) else schedule
-    return None
+    if "gpu" in target.keys:
+        found = first_gpu_schedule(func, target)
+        return found[1] if found else None
+    return next((s for rule in CPU_RULES if (s := rule.apply(func, target, False))), None)
 
 
 def commit_rule_schedules(database, funcs: dict, target, builder, runner, report) -> dict:

@@ -29,6 +29,18 @@ def gpu_rules():
             dl.gpu.Transpose(), dl.gpu.Fallback()]
 
 
+def first_gpu_schedule(func, target, rules=None) -> tuple[str, object] | None:
+    """(rule name, schedule) from the first dlight rule that takes `func` (under `target`), or None."""
+    for rule in rules if rules is not None else gpu_rules():
+        try:
+            space = rule.apply(func, target, False)
+        except Exception:  # noqa: BLE001 - a dlight rule that trips on a shape declines
+            space = None
+        if space is not None:
+            return type(rule).__name__, space[0] if isinstance(space, list) else space
+    return None
+
+
 def schedule_gpu(mod, target) -> tuple[object, list[str]]:
     """Schedule every kernel with the first dlight rule that applies; notes name the rule per kernel."""
     from tvm import tirx
@@ -39,20 +51,13 @@ def schedule_gpu(mod, target) -> tuple[object, list[str]]:
         for gv, func in mod.functions_items():
             if not isinstance(func, tirx.PrimFunc) or is_scheduled(func):
                 continue
-            for rule in rules:
-                try:
-                    space = rule.apply(func, target, False)
-                except Exception:  # noqa: BLE001 - a dlight rule that trips on a shape declines
-                    space = None
-                if space is None:
-                    continue
-                schedule = space[0] if isinstance(space, list) else space
-                scheduled[gv] = schedule.mod["main"].with_attr("tirx.is_scheduled", True)
-                notes.append(f"kernel {gv.name_hint}: GPU rule {type(rule).__name__}")
-                break
-            else:
+            found = first_gpu_schedule(func, target, rules)
+            if found is None:
                 raise GpuScheduleError(f"kernel {gv.name_hint}: no GPU schedule rule applies (it would run as "
                                        f"host code); report the op it computes")
+            rule_name, schedule = found
+            scheduled[gv] = schedule.mod["main"].with_attr("tirx.is_scheduled", True)
+            notes.append(f"kernel {gv.name_hint}: GPU rule {rule_name}")
     for gv, func in scheduled.items():
         mod[gv] = func
     return mod, sorted(notes)
