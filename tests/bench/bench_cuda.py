@@ -30,29 +30,16 @@ import slimgraph  # noqa: E402
 from slimgraph.codegen.tuning import TuningOptions  # noqa: E402
 from slimgraph.models import REFERENCE_MODELS, reference_model  # noqa: E402
 
-from .bench_models import bench_parser, interleaved_medians, machine_description, show_table, vm_runs  # noqa: E402
+from .bench_models import (bench_parser, interleaved_medians, machine_description, show_table,  # noqa: E402
+                           timed, vm_runs)
 
 ENGINES = ["PyTorch eager", "torch.compile", "plain TVM", "slimgraph", "slimgraph tuned"]
 BASELINE = "torch.compile"
 
 
-def synchronized(fn, warmup: int = 3):
+def synchronized(fn):
     """count -> ms of `count` calls of `fn`, each timed until the GPU has finished its work."""
-    import time
-
-    def run(count: int) -> list[float]:
-        for _ in range(warmup):
-            fn()
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(count):
-            start = time.perf_counter()
-            fn()
-            torch.cuda.synchronize()
-            times.append((time.perf_counter() - start) * 1e3)
-        return times
-
-    return run
+    return timed(lambda: (fn(), torch.cuda.synchronize()), warmup=3)
 
 
 def plain_tvm_runs(module, inputs):
@@ -95,8 +82,7 @@ def bench_model(name: str, runs: int, database) -> dict:
         compiled = slimgraph.compile(module, inputs, name=name, target="cuda", check=False, tuning=tuning)
         if use_database and not tuning.report.applied:
             continue
-        outputs = compiled(*arrays)
-        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        outputs = compiled(*arrays)  # a tuple of numpy arrays
         expected = reference if isinstance(reference, (list, tuple)) else [reference]
         results[f"{engine} max |diff|"] = max(float(abs(torch.as_tensor(o) - e.cpu()).max())
                                               for o, e in zip(outputs, expected))

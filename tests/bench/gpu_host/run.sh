@@ -1,4 +1,5 @@
-# On the GPU host (after pack.sh here, carrying .whl):  set up; smoke; CUDA tests; GPU benchmark; CUDA tuning of ResNet-18; benchmark with its records.
+# On the GPU host (after pack.sh here; the call carries .whl): set up, smoke test, CUDA tests, GPU benchmark,
+# CUDA tuning of ResNet-18, and the benchmark with its records. Results under $OUT.
 source .whl/setup.sh || exit 1
 cd /tmp/pkg/slimgraph
 L=$OUT/log.txt
