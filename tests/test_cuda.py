@@ -160,14 +160,14 @@ def test_cuda_tuning_candidates_compile_to_device_code(tmp_path):
     from tvm.s_tir import meta_schedule as ms
 
     from slimgraph.codegen import tuning
-    from slimgraph.codegen.tuning_measure import rule_schedule
+    from slimgraph.codegen.tuning_measure import rule_schedule, workload_of
     from slimgraph.lowering import lower
 
     target = resolve_target("cuda").tvm_target()
     kernels = {}
     lower(imported_model("digit_cnn")[2], target, before_rules=lambda mod: kernels.update(tuning.kernels(mod)) or mod)
     name = next(n for n in kernels if "conv2d" in n)
-    workload = tuning._workload(kernels[name])
+    workload = workload_of(kernels[name])
     for seed in range(20):  # a sampled candidate that MetaSchedule's GPU checks (VerifyGPUCode, ...) accept
         context = ms.TuneContext(mod=workload, target=target, space_generator="post-order-apply", task_name=name,
                                  rand_state=seed)
@@ -185,3 +185,11 @@ def test_cuda_tuning_candidates_compile_to_device_code(tmp_path):
         with tarfile.open(result.artifact_path) as archive:  # the candidate as the runner gets it
             (tmp_path / "devc.o").write_bytes(archive.extractfile("devc.o").read())
         assert cuda.fatbin_images(tmp_path / "devc.o") == [("cubin", "sm_90")]
+
+
+def test_cuda_records_are_kept_apart_by_architecture():
+    from slimgraph.codegen import tuning
+
+    sm90, sm80 = (resolve_target(name).tvm_target() for name in ("cuda", "cuda:sm_80"))
+    assert tuning.same_machine_kind(sm90, resolve_target("cuda").tvm_target())
+    assert not tuning.same_machine_kind(sm80, sm90)  # an sm_80 record is not applied to an sm_90 build

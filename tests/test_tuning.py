@@ -178,3 +178,15 @@ def test_rule_schedule_timed_in_a_burst_of_other_work_is_rechecked_after_the_sea
     rules = slimgraph.compile(f"{factory}:mlp", tuning=TuningOptions(use_database=False))
     assert tuned.report.tuning.applied == [kernel]
     assert tuned.lowered[kernel].script() == rules.lowered[kernel].script()  # the database serves the rules
+
+
+def test_the_summary_shows_the_back_to_back_re_check(capsys):
+    from slimgraph.cli_tune import print_tuning_summary
+    from slimgraph.codegen.tuning import TuningReport
+
+    report = TuningReport(applied=["k"], tuned={"k": 297.8e-6}, rule_seconds={"k": 605.6e-6},
+                          rechecked={"k": (310.0e-6, 300.0e-6)})
+    print_tuning_summary(report)
+    out = capsys.readouterr().out
+    assert "605.6" in out and "297.8" in out and "2.03x" in out
+    assert "310.0 / 300.0" in out and "ran back to back" in out
