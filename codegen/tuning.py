@@ -130,9 +130,9 @@ def _databases(options: TuningOptions) -> list[tuple[object, bool]]:
 
 def _best_record(database, workload, target):
     """The fastest record of `workload` made on this kind of machine, or None."""
-    if not database.hasworkload_of(workload):  # before commit_workload, which would add it
+    if not database.has_workload(workload):  # before commit_workload, which would add it
         return None
-    records = database.get_top_k(database.commitworkload_of(workload), RECORDS_SCANNED)
+    records = database.get_top_k(database.commit_workload(workload), RECORDS_SCANNED)
     return next((r for r in records if same_machine_kind(r.target, target)), None)
 
 
