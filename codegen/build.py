@@ -3,6 +3,21 @@ from __future__ import annotations
 
 from .targets import TargetSpec
 
+# TVM's LoopPartition splits a loop whose body tests a condition marked `tirx.likely` into the range
+# where the condition holds (no test left) and the rest. The int8 kernels mark the zero-point
+# padding of their packed inputs so (lowering.int8_kernels.padded_input): a 7x7 map's row of 49
+# pixels padded to 56 is then copied by vector interleaves up to the padding and byte by byte only
+# after it, where one test per byte kept the whole copy scalar. Unmarked conditions are left alone.
+BUILD_CONFIG = {"s_tir.LoopPartition": {"partition_const_loop": True}}
+
+
+def build_context():
+    """The PassContext every CPU or GPU build of ours runs under (the model, a kernel timed alone,
+    a tuning candidate), so that a kernel is the same code wherever it is measured."""
+    import tvm
+
+    return tvm.transform.PassContext(config=BUILD_CONFIG)
+
 
 def build(mod, spec: TargetSpec):
     """tvm.compile with the VM lowering pipeline; fusion and schedules were already decided by
@@ -15,7 +30,7 @@ def build(mod, spec: TargetSpec):
         from .cuda import CudaError, cuda_modules, enable_cuda_codegen
 
         enable_cuda_codegen()
-    with target:
+    with target, build_context():
         executable = tvm.compile(mod, target, relax_pipeline="default")
     if spec.device == "cuda" and not cuda_modules(executable):
         raise CudaError(f"the build for {spec.name} produced no CUDA module: the kernels became host code")

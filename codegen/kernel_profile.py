@@ -133,8 +133,11 @@ def time_kernel(func, target, *, min_repeat_ms: int = 50, repeat: int = 3) -> fl
     import tvm
 
     device = tvm.cpu()
+    from .build import build_context
+
     func = func.with_attr("global_symbol", "main")
-    executable = tvm.compile(tvm.IRModule({"main": func}), target)
+    with build_context():
+        executable = tvm.compile(tvm.IRModule({"main": func}), target)
     timer = executable.mod.time_evaluator("main", device, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)
     return float(np.median(timer(*_random_args(func, device)).results))
 

@@ -154,7 +154,8 @@ def padded_input(data, n, channel, row, column, x_zero_point: int):
 
     channels, height, width = (int(e) for e in data.shape[1:])
     dtype, shift = kernel_data_dtype(), data_shift(str(data.dtype))
-    inside = tirx.all(channel < channels, row >= 0, row < height, column >= 0, column < width)
+    # likely: the build partitions the copy's loops at the padding (codegen.build.BUILD_CONFIG)
+    inside = tirx.likely(tirx.all(channel < channels, row >= 0, row < height, column >= 0, column < width))
     value = data[n, tirx.min(channel, channels - 1), tirx.max(tirx.min(row, height - 1), 0),
                  tirx.max(tirx.min(column, width - 1), 0)]
     if shift:

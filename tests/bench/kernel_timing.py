@@ -47,10 +47,12 @@ def alone_ms(func, target) -> tuple[float, float]:
     """(warm, cold) ms per call of one kernel built alone."""
     import tvm
 
+    from slimgraph.codegen.build import build_context
     from slimgraph.codegen.kernel_profile import _random_args
 
     func = func.with_attr("global_symbol", "main")
-    module = tvm.compile(tvm.IRModule({"main": func}), target).mod
+    with build_context():
+        module = tvm.compile(tvm.IRModule({"main": func}), target).mod
     args = _random_args(func, tvm.cpu())
     warm = module.time_evaluator("main", tvm.cpu(), number=10, repeat=5)(*args).results
     cold = module.time_evaluator("main", tvm.cpu(), number=1, repeat=30,
