@@ -16,7 +16,22 @@ def build_context():
     a tuning candidate), so that a kernel is the same code wherever it is measured."""
     import tvm
 
+    vectorize_nearbyint()
     return tvm.transform.PassContext(config=BUILD_CONFIG)
+
+
+def vectorize_nearbyint() -> None:
+    """Let TVM's VectorizeLoop keep `nearbyint` (round half to even: TOPI's `round`, every int8
+    requantization) in vector form, as it does `round` and `floor`: without the op's TVectorizable
+    attribute it turns each vectorized epilogue loop back into a scalar one and leaves it to LLVM
+    to vectorize again, which LLVM often cannot (MobileNetV2's 56x56 projection with its residual
+    add ran 151 scalar roundings per tile: 0.099 ms, 0.051 ms vectorized, same outputs). LLVM's
+    nearbyint takes vectors of any width."""
+    import tvm
+
+    op = tvm.ir.Op.get("tirx.nearbyint")
+    if op.get_attr("TVectorizable") is None:
+        tvm.ir.register_op_attr("tirx.nearbyint", "TVectorizable", True)
 
 
 def build(mod, spec: TargetSpec):

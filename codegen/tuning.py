@@ -162,18 +162,20 @@ def _import_tensor_intrinsics() -> None:  # builder workers: before the first bu
     import tvm.s_tir.tensor_intrin  # noqa: F401
 
 
+def _build_candidate(mod, target, params):  # as codegen.build builds the model, and under the target (nvcc's arch)
+    from tvm.s_tir.meta_schedule.builder.local_builder import default_build
+
+    from .build import build_context
+
+    with target, build_context():
+        return default_build(mod, target, params)
+
+
 def _prepare_cuda_builder() -> None:  # CUDA builder workers also compile kernels to a fatbin with nvcc
     _import_tensor_intrinsics()
     from .cuda import enable_cuda_codegen
 
     enable_cuda_codegen()
-
-
-def _build_under_target(mod, target, params):  # nvcc's arch comes from the current target, not the GPU present
-    from tvm.s_tir.meta_schedule.builder.local_builder import default_build
-
-    with target:
-        return default_build(mod, target, params)
 
 
 def _prepare_cuda_runner() -> None:  # CUDA runner workers load TVM's CUDA runtime to run the fatbins
@@ -194,7 +196,7 @@ def candidate_builder(target, max_workers: int | None = None):
     export = export_for_aarch64 if _targets_aarch64(target) else None
     on_gpu = target.kind.name == "cuda"
     return ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_SECONDS, f_export=export, max_workers=max_workers,
-                                   f_build=_build_under_target if on_gpu else None,
+                                   f_build=_build_candidate,
                                    initializer=_prepare_cuda_builder if on_gpu else _import_tensor_intrinsics)
 
 
