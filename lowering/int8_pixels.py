@@ -28,12 +28,13 @@ Schedule (`Int8PixelConv2dRule`):
 
 v x t accumulators stay in registers over the reduction (v * t <= the register budget).
 Used on targets with a 4-way int8 dot product for ungrouped, undilated convs whose output
-channels 8 divides (`pixel_layout`): those whose output width 8 divides, row by row; and 1x1,
-stride-1, unpadded convs on narrower maps, whose H x W pixels the converter reshapes into one
-row (a view), padded here to whole vectors (OWp) and cropped; their epilogue then runs per
-block of v channels over the whole row. Measured on a 2-core Zen 4:
-MobileNetV2's 16 -> 96 expansion 0.66 -> 0.30 ms, its first conv 0.22 -> 0.09 ms; ResNet-18's
-64-channel 3x3 convs are as fast either way (both near the VNNI peak).
+channels 8 divides (`pixel_layout`): 1x1 convs and convs of shallow inputs whose output width
+8 divides, row by row; and 1x1, stride-1, unpadded convs on narrower maps, whose H x W pixels
+the converter reshapes into one row (a view), padded here to whole vectors (OWp) and cropped;
+their epilogue then runs per block of v channels over the whole row. Measured on a 2-core Zen 4:
+MobileNetV2's 16 -> 96 expansion 0.66 -> 0.30 ms, its first conv 0.22 -> 0.09 ms. ResNet-18's
+64-channel 3x3 convs were as fast either way until the epilogues vectorized (codegen.build's
+vectorize_nearbyint); since, the channel-lane kernel takes them in 0.80x of the time.
 """
 from __future__ import annotations
 
@@ -48,6 +49,9 @@ VNNI_PIXELS = "slimgraph_vnni_pixels_{lanes}x4_u8i8i32"
 SDOT_PIXELS = "slimgraph_sdot_pixels_{lanes}x4_i8i8i32"
 
 
+SHALLOW_CHANNELS = 16  # larger kernels on inputs this deep or deeper take the channel-lane kernel
+
+
 def pixel_lanes(width: int) -> int:
     """Pixels per accumulator for an output `width`: 16 or 8 when it divides the width, else 0."""
     return next((lanes for lanes in (16, 8) if width % lanes == 0), 0)
@@ -57,9 +61,14 @@ def pixel_layout(weight_shape, stride, padding, dilation, groups: int, out_shape
     """How the integer conv takes this kernel (module docstring), or None (the channel-lane one):
     "rows" when 8 divides the output width; "flat" for a 1x1, stride-1, unpadded conv on a
     narrower map (14x14, 7x7), whose H x W pixels are one row (a reshape, no copy), padded to
-    whole vectors."""
-    out_channels, _, kernel_h, kernel_w = (int(e) for e in weight_shape)
+    whole vectors. A larger kernel takes the pixel lanes only on a shallow input (fewer than
+    SHALLOW_CHANNELS channels: a network's first conv); on a deep one the channel-lane kernel's
+    epilogue is paid once per kernel-size x channels dot products and wins (ResNet-18's 64-channel
+    3x3 convs at 56x56: 0.80x of the time)."""
+    out_channels, in_channels, kernel_h, kernel_w = (int(e) for e in weight_shape)
     if not dot_product or groups != 1 or tuple(dilation) != (1, 1) or out_channels % 8:
+        return None
+    if (kernel_h, kernel_w) != (1, 1) and in_channels >= SHALLOW_CHANNELS:
         return None
     if pixel_lanes(int(out_shape[3])):
         return "rows"

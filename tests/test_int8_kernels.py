@@ -49,6 +49,9 @@ CONVS = {  # name: (x shape, x dtype, weight shape, stride, padding, groups, out
     "grouped": ((1, 8, 6, 6), torch.uint8, (8, 4, 3, 3), 1, 1, 2, ("-inf", "inf"), "float32"),
     # 64 channels x 3 x 3 per group: sums too long for exact float32, so the int32 kernel; int8 input
     "grouped-int32-sums-int8-in": ((1, 128, 6, 6), torch.int8, (32, 64, 3, 3), 1, 1, 2, (-128.0, 127.0), "int8"),
+    # a 3x3 conv on 16 or more channels: the channel-lane kernel even though 8 divides its width
+    "3x3-16-channels-8-wide-channel-lanes": ((1, 16, 5, 8), torch.uint8, (16, 16, 3, 3), 1, 1, 1, (0.0, 255.0),
+                                             "uint8"),
     # output width divisible by 8: the pixel-lane kernel (lowering/int8_pixels.py)
     "pixels-16-lanes-6-channels": ((1, 6, 3, 32), torch.uint8, (24, 6, 1, 1), 1, 0, 1, (0.0, 255.0), "uint8"),
     "pixels-8-lanes-int8-in-batch2": ((2, 20, 3, 56), torch.int8, (16, 20, 1, 1), 1, 0, 1, (-128.0, 127.0), "int8"),
@@ -158,10 +161,32 @@ def test_pixel_lane_convs_use_vnni_on_pixel_vectors_and_store_whole_rows(case):
     assert not any("alloc_local" in script for script in scripts)
 
 
+def test_deep_3x3_convs_take_the_channel_lane_kernel():
+    """Only shallow inputs (a first conv) put a larger kernel's pixels in the lanes; deeper ones
+    amortize the channel-lane kernel's transposing epilogue (lowering/int8_pixels.pixel_layout)."""
+    graph, _ = conv_graph("3x3-16-channels-8-wide-channel-lanes")
+    _, optimized, _ = lower(graph, resolve_target("x86").tvm_target())
+    names = kernel_names(optimized)
+    if not has_vnni(resolve_target("x86").tvm_target()):
+        pytest.skip("this host has no AVX512-VNNI")
+    assert [n for n in names if "qconv2d" in n] and not [n for n in names if "qconv_pixels" in n], names
+
+
+def test_a_padded_pixel_row_is_interleaved_by_vector_shuffles():
+    """A 14x14 map's 196 pixels are packed as a row of 208: the copy up to the padding has no
+    per-byte test left (codegen.build.BUILD_CONFIG's loop partition), so it runs as byte
+    unpacks of whole vectors instead of one byte load and store per element."""
+    assembly = x86_assembly(conv_graph("pixels-flat-14x14")[0])
+    assert re.search(r"vpunpck[lh]bw", assembly), "the interleaving copy is not vectorized"
+
+
 def test_x86_integer_kernels_use_vnni_dot_products():
     _, _, graph = imported_model("resnet18")
     assembly = x86_assembly(PassManager(parse_pipeline("int8")).run(graph).graph)
     assert assembly.count("vpdpbusd") >= 200  # 19 of the 20 convs and the classifier, unrolled tiles
+    # every requantization rounds whole vectors: TVM's vectorizer scalarized nearbyint, and LLVM
+    # re-vectorized only some of those loops (10 scalar roundings here before vectorize_nearbyint)
+    assert "vroundss" not in assembly
 
 
 @pytest.mark.parametrize("name", ["digit_cnn", "resnet18", "mobilenet_v2", "bert_encoder"])
