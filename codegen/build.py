@@ -11,11 +11,14 @@ from .targets import TargetSpec
 BUILD_CONFIG = {"s_tir.LoopPartition": {"partition_const_loop": True}}
 
 
-def build_context():
-    """The PassContext every CPU or GPU build of ours runs under (the model, a kernel timed alone,
-    a tuning candidate), so that a kernel is the same code wherever it is measured."""
+def build_context(device: str = "cpu"):
+    """The PassContext every CPU build of ours runs under (the model, a kernel timed alone, a
+    tuning candidate), so that a kernel is the same code wherever it is measured. GPU builds keep
+    TVM's defaults: dlight's kernels have none of the CPU kernels' padded copies."""
     import tvm
 
+    if device == "cuda":
+        return tvm.transform.PassContext()
     vectorize_nearbyint()
     return tvm.transform.PassContext(config=BUILD_CONFIG)
 
@@ -45,7 +48,7 @@ def build(mod, spec: TargetSpec):
         from .cuda import CudaError, cuda_modules, enable_cuda_codegen
 
         enable_cuda_codegen()
-    with target, build_context():
+    with target, build_context(spec.device):
         executable = tvm.compile(mod, target, relax_pipeline="default")
     if spec.device == "cuda" and not cuda_modules(executable):
         raise CudaError(f"the build for {spec.name} produced no CUDA module: the kernels became host code")

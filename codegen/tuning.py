@@ -167,7 +167,7 @@ def _build_candidate(mod, target, params):  # as codegen.build builds the model,
 
     from .build import build_context
 
-    with target, build_context():
+    with target, build_context(target.kind.name):
         return default_build(mod, target, params)
 
 
