@@ -182,10 +182,10 @@ class ElementwiseRule(dl.ScheduleRule):
     """A kernel of injective blocks only (a quantize that no conv took as its epilogue, a lone
     add): all but the last inlined; the innermost loop is the vector (whole, as one long vector
     that LLVM splits into registers, when it is at most VECTOR_ROW_LANES x lanes, e.g. a 56-wide
-    row; else split by the lanes when they divide it); a row shorter than one vector is fused
-    with the loop outside it first (a 7x7 plane is one vector of 49: a 512x7x7 quantize 0.0053 ->
-    0.0033 ms against 7-wide vectors, each stored in three pieces); the first two loops outside it
-    with more than one iteration fused and parallel. Vectors stay inside one row and at most two
+    row; else split by the lanes when they divide it; a row shorter than one vector is left to
+    LLVM, which vectorizes across the plane: as 7-wide vectors a 512x7x7 quantize stored each row
+    in three pieces, 1.4x slower); the first two loops outside it with more than one iteration
+    fused and parallel. Vectors stay inside one row and at most two
     loops are fused: fusing all loops and splitting by the lanes made the indices nested
     divisions that TVM does not simplify, so each vector became a gather and sixteen byte
     stores (a 64x56x56 quantize: 0.18 ms, now 0.01 ms)."""
@@ -208,11 +208,10 @@ class ElementwiseRule(dl.ScheduleRule):
         if not loops:
             return None
         lanes, extents = vector_lanes(target), [int(sch.get(loop).extent) for loop in loops]
-        if len(loops) > 1 and extents[-1] < lanes:  # a row shorter than a vector: whole planes (7x7: 49)
-            loops = [*loops[:-2], sch.fuse(*loops[-2:])]
-            extents = [*extents[:-2], extents[-2] * extents[-1]]
         *outer_loops, row = loops
-        if extents[-1] <= VECTOR_ROW_LANES * lanes:
+        if extents[-1] < lanes:  # a row shorter than one vector: LLVM vectorizes across the plane
+            pass
+        elif extents[-1] <= VECTOR_ROW_LANES * lanes:
             sch.vectorize(row)
         elif extents[-1] % lanes == 0:
             sch.vectorize(sch.split(row, [None, lanes])[1])
