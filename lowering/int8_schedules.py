@@ -25,7 +25,7 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 
 from .conv_packed import choose_tile
 from .int8_kernels import BLOCK_ATTR, QCONV_BLOCK, QDENSE_BLOCK, target_dot, word_broadcast
-from .schedule_common import attach_epilogue, register_budget, vector_lanes
+from .schedule_common import attach_epilogue, inline_side_inputs, register_budget, vector_lanes
 
 VNNI_INTRIN = "slimgraph_vnni_16x4_u8i8i32"
 SDOT_INTRIN = "slimgraph_sdot_16x4_i8i8i32"
@@ -126,6 +126,7 @@ def find_int8_kernel(func, target, block_name: str):
         return None
     if not all(info.is_injective() for info in infos if info is not reductions[0]):
         return None
+    infos = inline_side_inputs(sch, infos, reductions[0])
     stmt = sch.get(reductions[0].block_rv)
     if BLOCK_ATTR not in stmt.annotations:
         return None

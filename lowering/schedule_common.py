@@ -69,3 +69,22 @@ def register_budget(target) -> int:
     attrs = [str(a) for a in (target.attrs.get("mattr") or [])]
     triple = str(target.attrs.get("mtriple", ""))
     return 24 if "+avx512f" in attrs or "+neon" in attrs or triple.startswith("aarch64") else 12
+
+
+def inline_side_inputs(sch, infos: list, reduction) -> list:
+    """`infos` without the blocks before `reduction` that it does not read, which are inlined into
+    their readers: elementwise work on another input of the epilogue (a residual's dequantize,
+    (q - z) * s), computed per element where the epilogue reads it. Left as blocks they would sit
+    outside the tile loop that the epilogue moves into."""
+    position = infos.index(reduction)
+    needed = {region.source for region in sch.get(reduction.block_rv).reads}
+    feeding = set()
+    for index in range(position - 1, -1, -1):
+        stmt = sch.get(infos[index].block_rv)
+        if stmt.writes[0].source in needed:
+            feeding.add(index)
+            needed |= {region.source for region in stmt.reads}
+    for index in range(position):
+        if index not in feeding:
+            sch.compute_inline(infos[index].block_rv)
+    return [info for index, info in enumerate(infos) if index >= position or index in feeding]

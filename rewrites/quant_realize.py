@@ -18,7 +18,14 @@ becomes one `slimgraph.qconv2d` / `slimgraph.qlinear` (ir/quant_ops.py) on q_x a
 where [lo, hi] is the quantize's range narrowed by a fused activation (relu: lo = z_y; relu6 /
 hardtanh / clamp: both ends quantized the way `quantize` rounds). An activation fuses only when it
 is the layer's sole user, the quantize only when it is the sole user of what it quantizes: a value
-also used in float (a residual) keeps a float output.
+also used in float (a residual that `quantize{residuals=float}` left float) keeps a float output.
+
+First, a quantize moves in front of the max-pool / flatten / reshape ops that feed it alone:
+
+    quantize(op(v)) = op(quantize(v))      op keeps the order of values (max commutes with the
+                                           non-decreasing quantize; a flatten only moves them)
+
+so the layer before fuses the quantize and writes 8 bits, and the pool runs on them.
 
 It is exact up to two roundings: the bias to int32 (at most s_x s_W[o] / 2) and the
 requantization of the int32 accumulator instead of the float conv's output (at most one step
@@ -87,6 +94,8 @@ class Realize(Pass):
     def run(self, graph):
         result = graph.copy()
         notes, counts = [], {"qconv2d": 0, "qlinear": 0, "integer_out": 0, "float_out": 0}
+        moved = _quantize_earlier(result)
+        counts["moved_before_quantize"] = len(moved)
         for node in list(result.fx_graph.nodes):
             if node.op == "call_function" and node.target in (aten.conv2d.default, aten.linear.default):
                 reason = self._realize(result, node, counts)
@@ -99,6 +108,9 @@ class Realize(Pass):
         result.fx_graph.lint()
         notes.insert(0, f"{counts['qconv2d']} conv2d and {counts['qlinear']} linear now integer: "
                         f"{counts['integer_out']} requantize to 8 bits, {counts['float_out']} give float outputs")
+        if moved:
+            notes.insert(1, f"quantize moved before {', '.join(f'%{name}' for name in moved)}: they commute with it, "
+                            f"and now run on 8 bits")
         return PassResult(result, True, counts, notes)
 
     def _realize(self, graph: Graph, layer: fx.Node, counts: dict) -> str:
@@ -162,6 +174,41 @@ class Realize(Pass):
         attr.meta["val"] = to_meta(tensor)
         attr.meta[PROVENANCE] = Provenance(provenance_of(layer).source, (self.name,))
         return attr
+
+
+# ops that commute with quantize: max pooling (quantize is non-decreasing, and max commutes with any
+# non-decreasing map; padding never wins a max in either form) and ops that only move elements
+ORDER_KEEPING = (aten.max_pool2d.default, aten.flatten.using_ints, aten.view.default, aten.reshape.default)
+
+
+def _quantize_earlier(graph: Graph) -> list[str]:
+    """quantize(op(v)) -> op(quantize(v)) for the ORDER_KEEPING ops whose only reader is the
+    quantize, repeatedly: exact. The layer before then writes 8 bits (the quantize fuses into its
+    epilogue) and a max pool reads and writes a quarter of the bytes. Returns the moved ops' names."""
+    moved = []
+    for quantize in list(graph.fx_graph.nodes):
+        if quantize.target != ops.quantize_per_tensor.default:
+            continue
+        while True:
+            op = quantize.args[0]
+            if not (isinstance(op, fx.Node) and op.target in ORDER_KEEPING and len(op.users) == 1):
+                break
+            with graph.fx_graph.inserting_before(op):
+                early = graph.fx_graph.call_function(quantize.target, (op.args[0], *quantize.args[1:]))
+                late = graph.fx_graph.call_function(op.target, (early, *op.args[1:]), dict(op.kwargs))
+            dtype = quantize.meta["val"].dtype
+            early.meta["val"] = to_meta(torch.empty(tuple(op.args[0].meta["val"].shape), dtype=dtype))
+            late.meta["val"] = quantize.meta["val"]
+            early.meta[PROVENANCE] = provenance_of(quantize).touched_by(Realize.name)
+            late.meta[PROVENANCE] = provenance_of(op).touched_by(Realize.name)
+            quantize.replace_all_uses_with(late)
+            name = op.name
+            graph.fx_graph.erase_node(quantize)
+            graph.fx_graph.erase_node(op)
+            graph.rename(late, name)
+            quantize = early
+            moved.append(name)
+    return moved
 
 
 def _quantized_weight(node) -> bool:

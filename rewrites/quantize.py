@@ -19,6 +19,12 @@ Ranges come from rewrites/calibration.py (`calibration=minmax, percentile, entro
 layer whose weight is not a constant stays float, with the reason in the notes;
 `exclude=[name,...]` keeps the named nodes or modules (and their children) float.
 
+Residuals: a residual add `a + b` whose `a` some layer reads quantized can read the same
+x_a' = dequantize(quantize(a)) instead of `a` (`residuals=quantized`; `float` keeps `a`). Then
+nothing reads `a` in float, and realize writes it in 8 bits only. `auto` (default) compares the
+model's output SQNR on the sensitivity batches both ways and keeps 8-bit residuals when they cost
+at most RESIDUAL_SQNR_COST dB.
+
 Sensitivity: after insertion, each quantized layer's output is compared with the float graph's
 on up to 4 calibration batches; the notes list every layer's SQNR, lowest (most sensitive) first,
 which is where to look for a layer to `exclude`. `min_sqnr=30` automates it: while the model's
@@ -46,6 +52,9 @@ from .calibration import METHODS, ActivationObserver, activation_qparams, weight
 aten = torch.ops.aten
 QUANTIZABLE = (aten.conv2d.default, aten.linear.default)
 ACTIVATION_DTYPES = {"u8": "uint8", "s8": "int8"}
+RESIDUALS = ("auto", "quantized", "float")
+RESIDUAL_SQNR_COST = 1.0  # dB of output SQNR that residuals=auto gives up for 8-bit residual reads
+RESIDUAL_ADDS = (aten.add.Tensor,)
 RANDOM_BATCHES = 8
 SENSITIVITY_BATCHES = 4  # calibration batches the per-layer SQNR is measured on
 
@@ -132,12 +141,15 @@ class Quantize(Pass):
     percentile: float = 99.99
     exclude: list[str] = field(default_factory=list)
     min_sqnr: float = 0.0  # > 0: keep the fewest layers float that hold the output SQNR (dB) above it
+    residuals: str = "auto"  # quantized | float | auto: what a residual add reads of a value a layer quantizes
 
     def run(self, graph):
         if self.calibration not in METHODS:
             raise PassError(f"quantize: unknown calibration '{self.calibration}' (known: {', '.join(METHODS)})")
         if self.activations not in ACTIVATION_DTYPES:
             raise PassError(f"quantize: activations must be u8 or s8, got '{self.activations}'")
+        if self.residuals not in RESIDUALS:
+            raise PassError(f"quantize: residuals must be {' or '.join(RESIDUALS)}, got '{self.residuals}'")
         if self.min_sqnr < 0:
             raise PassError(f"quantize: min_sqnr must be >= 0 dB, got {self.min_sqnr}")
         if not 50 < self.percentile <= 100:
@@ -175,7 +187,10 @@ class Quantize(Pass):
             activation_params[node.args[0].name] = activation_qparams(low, high, dtype)
         chosen = [n.name for n in layers]
         evaluation = batches[:SENSITIVITY_BATCHES]
+        self._quantize_residuals = self.residuals != "float"
         quantized = self._quantized_copy(graph, chosen, activation_params)
+        if self.residuals == "auto" and self._rewired:
+            quantized = self._choose_residuals(graph, quantized, chosen, activation_params, evaluation, notes)
         if self.min_sqnr > 0:
             chosen, quantized = self._hold_output_sqnr(graph, quantized, chosen, activation_params, evaluation, notes)
         sensitivity = layer_sqnr(module, quantized.module(), chosen, evaluation)
@@ -197,8 +212,43 @@ class Quantize(Pass):
                 inserted[activation.name] = self._qdq_activation(result, activation, activation_params[activation.name])
             node.args = (inserted[activation.name], self._qdq_weight(result, node), *node.args[2:])
             node.meta[PROVENANCE] = provenance_of(node).touched_by(self.name)
+        self._rewired = self._residuals_read_quantized(result, inserted) if self._quantize_residuals else 0
         result.remove_unused_params()
         return result
+
+    def _residuals_read_quantized(self, graph: Graph, restored: dict[str, fx.Node]) -> int:
+        """A residual add `a + b` whose `a` a layer reads quantized reads the same dequantize(quantize(a))
+        (ONNX Runtime's quantize_static does the same). `a` then has no float reader left, so realize
+        can write it in 8 bits only; the add reads it as one (x - z) * s, fused into the kernel that
+        adds: a quarter of the float value's memory traffic, and no float copy to write. Returns how
+        many adds now read a quantized value."""
+        rewired = 0
+        for node in graph.fx_graph.nodes:
+            if node.op == "call_function" and node.target in RESIDUAL_ADDS:
+                args = tuple(restored[a.name] if isinstance(a, fx.Node) and a.name in restored else a for a in node.args)
+                rewired += args != node.args
+                node.args = args
+        return rewired
+
+    def _choose_residuals(self, graph, quantized, chosen, activation_params, batches, notes):
+        """residuals=auto: 8-bit residual reads unless they cost the model more than
+        RESIDUAL_SQNR_COST dB of output SQNR against float residuals (on the sensitivity batches).
+        A transformer's residual stream feeds LayerNorm, which divides by its spread: BERT-style
+        encoders lose 10-15 dB that way, CNNs a few tenths."""
+        expected = [t for batch in batches for t in graph.run(*batch)]
+        rewired = self._rewired
+        with_quantized = output_sqnr_db(expected, [t for batch in batches for t in quantized.run(*batch)])
+        self._quantize_residuals = False
+        floating = self._quantized_copy(graph, chosen, activation_params)
+        with_float = output_sqnr_db(expected, [t for batch in batches for t in floating.run(*batch)])
+        if with_float - with_quantized <= RESIDUAL_SQNR_COST:
+            self._quantize_residuals, self._rewired = True, rewired
+            notes.append(f"{rewired} residual add(s) read 8-bit values: output SQNR {with_quantized:.1f} dB "
+                         f"({with_float:.1f} with float residuals)")
+            return quantized
+        notes.append(f"residual adds keep float values: 8-bit ones would cost {with_float - with_quantized:.1f} dB "
+                     f"of output SQNR ({with_quantized:.1f} vs {with_float:.1f} dB; residuals=quantized forces them)")
+        return floating
 
     def _hold_output_sqnr(self, graph, quantized, chosen, activation_params, batches, notes):
         """Automatic float fallback: while the model's output SQNR is below `min_sqnr`, give back to

@@ -13,7 +13,7 @@ from slimgraph.codegen.build import build
 from slimgraph.codegen.targets import resolve_target
 from slimgraph.lowering import lower
 from slimgraph.lowering.int8_kernels import has_vnni
-from slimgraph.lowering.pipeline import kernel_names
+from slimgraph.lowering.pipeline import kernel_calls, kernel_names
 from slimgraph.rewrites import PassManager, parse_pipeline
 from slimgraph.rewrites.quantize import calibration_data
 from slimgraph.tests.conftest import imported_model
@@ -190,6 +190,24 @@ def test_x86_integer_kernels_use_vnni_dot_products():
     functions = re.split(r"^(\w+):$", assembly, flags=re.M)
     integer = [body for name, body in zip(functions[1::2], functions[2::2]) if "qconv" in name or "qdense" in name]
     assert integer and not [body for body in integer if "vroundss" in body]
+
+
+def test_resnet18_int8_pools_and_adds_residuals_in_8_bits():
+    """With residuals read quantized and the quantize moved before the max pool (rewrites/quantize,
+    rewrites/quant_realize), the stem writes uint8, the pool runs on uint8, and each identity
+    block's residual is dequantized inside the conv kernel that adds it: the only quantize that is
+    not part of another kernel is the model input's; the 3 downsampling blocks still add two float conv outputs."""
+    _, _, graph = imported_model("resnet18")
+    realized = PassManager(parse_pipeline("int8")).run(graph).graph
+    _, optimized, _ = lower(realized, resolve_target("x86").tvm_target())
+    calls = kernel_calls(optimized)
+    pool = optimized[next(gv for gv in optimized.get_global_vars() if gv.name_hint == "max_pool2d")]
+    signature = next(line for line in pool.script().splitlines() if line.lstrip().startswith("def "))
+    assert signature.count('"uint8")') == 2 and "float32" not in signature, signature
+    standalone = [n for n in calls if "qconv" not in n and "qdense" not in n and "mean" not in n and "round" in n]
+    assert len(standalone) == 1, standalone  # (the classifier's input is quantized with the global mean)
+    residual_kernels = [n for n in calls if n.startswith("fused_cast") and "qconv2d" in n]
+    assert sum(calls[n] for n in residual_kernels) == 5, calls
 
 
 @pytest.mark.parametrize("name", ["digit_cnn", "resnet18", "mobilenet_v2", "bert_encoder"])

@@ -73,10 +73,14 @@ def test_ir_before_and_after_on_the_digit_cnn():
            "%conv1_requant_scale, " in conv1 and conv1.rstrip().endswith('"uint8") : u8[1,16,8,8] '
                                                                          'loc("conv1", "fold-bn", "quantize", "realize")')
     assert 'param("conv1.bias_int32") : i32[16]' in text and 'param("conv1.requant_scale") : f32[16]' in text
-    # conv2 feeds max-pool, a float op: a float32 output with the ReLU as its lower bound
-    assert ', 0.0, inf, "float32") : f32[1,32,8,8]' in text
-    assert record.stats == {"qconv2d": 2, "qlinear": 2, "integer_out": 2, "float_out": 2}
-    assert record.notes[0] == "2 conv2d and 2 linear now integer: 2 requantize to 8 bits, 2 give float outputs"
+    # conv2's quantize moved before max-pool and flatten (exact: they keep order): the ReLU's range
+    # and a u8 result, the pool on u8, and fc1 reads the flattened u8 directly
+    assert ', 0.0, 255.0, "uint8") : u8[1,32,8,8]' in text
+    assert "aten.max_pool2d.default(%conv2d_1, [2, 2], [2, 2]) : u8[1,32,4,4]" in text
+    assert "slimgraph.qlinear.default(%flatten, " in text
+    assert record.stats == {"qconv2d": 2, "qlinear": 2, "integer_out": 3, "float_out": 1, "moved_before_quantize": 2}
+    assert record.notes[:2] == ["2 conv2d and 2 linear now integer: 3 requantize to 8 bits, 1 give float outputs",
+                                "quantize moved before %flatten, %max_pool2d: they commute with it, and now run on 8 bits"]
 
 
 def test_realize_without_quantize_changes_nothing_and_says_why():

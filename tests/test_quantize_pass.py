@@ -99,6 +99,8 @@ def test_bad_options_and_data_are_one_line_errors():
         quantized("digit_cnn", "quantize", batches=[(torch.zeros(1, 1, 8, 8),), (torch.zeros(1, 1, 9, 9),)])
     with pytest.raises(PassError, match="batch 0, input 'x': expected float32.*got int64"):
         quantized("digit_cnn", "quantize", batches=[(torch.zeros(1, 1, 8, 8, dtype=torch.int64),)])
+    with pytest.raises(PassError, match="residuals must be auto or quantized or float, got 'int8'"):
+        quantized("digit_cnn", "quantize{residuals=int8}")
     nan = torch.zeros(1, 1, 8, 8)
     nan[0, 0, 3, 3] = float("nan")
     with pytest.raises(PassError, match="batch 0, input 'x' contains NaN"):
@@ -141,3 +143,38 @@ def test_min_sqnr_keeps_the_fewest_layers_float():
     assert sqnr_db(graph.run(*inputs)[0], everything.run(*inputs)[0]) < 48
     with pytest.raises(PassError, match="min_sqnr must be >= 0 dB, got -1.0"):
         quantized("digit_cnn", "quantize{min_sqnr=-1}")
+
+
+def _first_residual_add(graph):
+    return next(n for n in graph.fx_graph.nodes if n.op == "call_function" and n.target == torch.ops.aten.add.Tensor)
+
+
+def test_residual_adds_read_the_quantized_value_when_it_costs_no_accuracy():
+    """ResNet-18's first residual add reads the max-pool output, which layer1's first conv reads
+    quantized: with residuals=auto the add reads the same dequantize (as ONNX Runtime's quantizer
+    does), since that costs under 1 dB of output SQNR; residuals=float keeps the float value."""
+    graph, after, record = quantized("resnet18")
+    add = _first_residual_add(after)
+    dequantized = [a for a in add.args if a.target == torch.ops.slimgraph.dequantize_per_tensor.default]
+    assert len(dequantized) == 1 and dequantized[0].args[0].args[0].name == "max_pool2d"
+    note = next(n for n in record.notes if "residual" in n)
+    assert note.startswith("5 residual add(s) read 8-bit values: output SQNR ")  # the 5 blocks without downsampling
+    x = graph.example_inputs(2)
+    assert sqnr_db(graph.run(*x)[0], after.run(*x)[0]) > 35
+    _, floating, record = quantized("resnet18", "fold-bn,fold-constants,quantize{residuals=float}")
+    assert "max_pool2d" in [a.name for a in _first_residual_add(floating).args]
+    assert not any("residual" in n for n in record.notes)
+
+
+def test_residuals_stay_float_where_quantizing_them_costs_accuracy():
+    """The encoder's residual stream feeds LayerNorm: 8-bit residuals would cost it about 14 dB of
+    output SQNR, so residuals=auto keeps them float and says why; residuals=quantized forces them."""
+    graph, after, record = quantized("bert_encoder")
+    note = next(n for n in record.notes if "residual" in n)
+    assert note.startswith("residual adds keep float values: 8-bit ones would cost ")
+    assert not any(a.target == torch.ops.slimgraph.dequantize_per_tensor.default
+                   for a in _first_residual_add(after).args if isinstance(a, torch.fx.Node))
+    _, forced, _ = quantized("bert_encoder", "fold-bn,fold-constants,quantize{residuals=quantized}")
+    x = graph.example_inputs(0)
+    reference = graph.run(*x)[0]
+    assert sqnr_db(reference, after.run(*x)[0]) > sqnr_db(reference, forced.run(*x)[0]) + 5
