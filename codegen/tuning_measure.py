@@ -17,10 +17,18 @@ ROUNDS = 2
 
 
 def workload_of(func):
-    """A kernel as MetaSchedule's workload: an IRModule of it alone, named main."""
+    """A kernel as MetaSchedule's workload: an IRModule of a deep copy of it alone, named main.
+
+    A copy, because TVM 0.27's schedules can write through to the function they started from:
+    replaying a trace that begins with TransformBlockLayout on Schedule(IRModule({"main":
+    func.with_attr(...)})) rewrote `func` itself into the transformed loops. A record committed
+    afterwards for `func` then stored that transformed function as its workload, the trace no
+    longer applied to it, and the whole database became unreadable ("parallel_for_dynamic error")
+    whenever the re-check after a search kept the rules (a timing-dependent, flaky failure)."""
     import tvm
 
-    return tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    copy = tvm.ir.load_json(tvm.ir.save_json(func))
+    return tvm.IRModule({"main": copy.with_attr("global_symbol", "main")})
 
 
 def _commit(database, func, trace, seconds: float, target) -> None:

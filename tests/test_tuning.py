@@ -190,3 +190,40 @@ def test_the_summary_shows_the_back_to_back_re_check(capsys):
     out = capsys.readouterr().out
     assert "605.6" in out and "297.8" in out and "2.03x" in out
     assert "310.0 / 300.0" in out and "ran back to back" in out
+
+
+def test_replaying_a_record_leaves_the_kernel_it_was_made_for_unchanged():
+    """TVM 0.27's schedules can write through to the function they started from: replaying the
+    rules' trace (it begins with TransformBlockLayout) on the int8 digit CNN's input quantize
+    rewrote the model's own kernel, and a record committed after that stored the transformed
+    kernel as its workload, which made the database unreadable (a flaky failure of the test
+    above). `workload_of` hands schedules a deep copy."""
+    import tvm
+    from tvm import s_tir
+
+    from slimgraph.codegen.targets import resolve_target
+    from slimgraph.codegen.tuning_measure import rule_schedule, workload_of
+    from slimgraph.lowering import lower
+    from slimgraph.rewrites import PassManager, parse_pipeline
+
+    from .conftest import imported_model
+
+    realized = PassManager(parse_pipeline("int8")).run(imported_model("digit_cnn")[2]).graph
+    target = resolve_target("x86").tvm_target()
+    seen = {}
+
+    def replay_on_the_input_quantize(mod):
+        funcs = tuning.kernels(mod)
+        name = next(n for n in funcs if n.startswith("fused_multiply_add"))
+        kernel = funcs[name]
+        before = tvm.ir.save_json(kernel)
+        with target:
+            trace = rule_schedule(workload_of(kernel)["main"], target).trace
+        schedule = s_tir.Schedule(workload_of(kernel))
+        trace.apply_to_schedule(schedule, remove_postproc=False)
+        seen["unchanged"] = tvm.ir.save_json(kernel) == before
+        seen["transformed"] = "transform_block_layout" in str(trace)
+        return mod
+
+    lower(realized, target, before_rules=replay_on_the_input_quantize)
+    assert seen == {"unchanged": True, "transformed": True}
