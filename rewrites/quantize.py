@@ -187,12 +187,21 @@ class Quantize(Pass):
             activation_params[node.args[0].name] = activation_qparams(low, high, dtype)
         chosen = [n.name for n in layers]
         evaluation = batches[:SENSITIVITY_BATCHES]
-        self._quantize_residuals = self.residuals != "float"
-        quantized = self._quantized_copy(graph, chosen, activation_params)
-        if self.residuals == "auto" and self._rewired:
-            quantized = self._choose_residuals(graph, quantized, chosen, activation_params, evaluation, notes)
+        expected = []  # the float graph's outputs on the evaluation batches, run once when first needed
+
+        def output_sqnr(candidate: Graph) -> float:
+            if not expected:
+                expected.extend(t for batch in evaluation for t in graph.run(*batch))
+            return output_sqnr_db(expected, [t for batch in evaluation for t in candidate.run(*batch)])
+
+        residuals = self.residuals != "float"
+        quantized, rewired = self._quantized_copy(graph, chosen, activation_params, residuals)
+        if self.residuals == "auto" and rewired:
+            residuals, quantized = self._choose_residuals(graph, quantized, rewired, chosen, activation_params,
+                                                          output_sqnr, notes)
         if self.min_sqnr > 0:
-            chosen, quantized = self._hold_output_sqnr(graph, quantized, chosen, activation_params, evaluation, notes)
+            chosen, quantized = self._hold_output_sqnr(graph, quantized, chosen, activation_params, residuals,
+                                                       output_sqnr, notes)
         sensitivity = layer_sqnr(module, quantized.module(), chosen, evaluation)
         source = {n.name: provenance_of(n).source or "-" for n in layers}
         for name in sorted(chosen, key=sensitivity.get):  # the most sensitive first
@@ -201,8 +210,10 @@ class Quantize(Pass):
         stats = {"quantized": len(chosen), "float": len(candidates) - len(chosen), "activations": activations}
         return PassResult(quantized, bool(chosen), stats, notes)
 
-    def _quantized_copy(self, graph: Graph, names: list[str], activation_params: dict) -> Graph:
-        """A copy of `graph` with the layers `names` quantized (see the module docstring)."""
+    def _quantized_copy(self, graph: Graph, names: list[str], activation_params: dict,
+                        residuals: bool) -> tuple[Graph, int]:
+        """A copy of `graph` with the layers `names` quantized (see the module docstring), its residual
+        adds reading the quantized values when `residuals`; and how many adds do."""
         result = graph.copy()
         inserted: dict[str, fx.Node] = {}
         for name in names:
@@ -212,9 +223,9 @@ class Quantize(Pass):
                 inserted[activation.name] = self._qdq_activation(result, activation, activation_params[activation.name])
             node.args = (inserted[activation.name], self._qdq_weight(result, node), *node.args[2:])
             node.meta[PROVENANCE] = provenance_of(node).touched_by(self.name)
-        self._rewired = self._residuals_read_quantized(result, inserted) if self._quantize_residuals else 0
+        rewired = self._residuals_read_quantized(result, inserted) if residuals else 0
         result.remove_unused_params()
-        return result
+        return result, rewired
 
     def _residuals_read_quantized(self, graph: Graph, restored: dict[str, fx.Node]) -> int:
         """A residual add `a + b` whose `a` a layer reads quantized reads the same dequantize(quantize(a))
@@ -230,44 +241,36 @@ class Quantize(Pass):
                 node.args = args
         return rewired
 
-    def _choose_residuals(self, graph, quantized, chosen, activation_params, batches, notes):
+    def _choose_residuals(self, graph, quantized, rewired, chosen, activation_params, output_sqnr, notes):
         """residuals=auto: 8-bit residual reads unless they cost the model more than
         RESIDUAL_SQNR_COST dB of output SQNR against float residuals (on the sensitivity batches).
         A transformer's residual stream feeds LayerNorm, which divides by its spread: BERT-style
-        encoders lose 10-15 dB that way, CNNs a few tenths."""
-        expected = [t for batch in batches for t in graph.run(*batch)]
-        rewired = self._rewired
-        with_quantized = output_sqnr_db(expected, [t for batch in batches for t in quantized.run(*batch)])
-        self._quantize_residuals = False
-        floating = self._quantized_copy(graph, chosen, activation_params)
-        with_float = output_sqnr_db(expected, [t for batch in batches for t in floating.run(*batch)])
+        encoders lose 10-15 dB that way, CNNs a few tenths. Returns (8-bit residuals?, the graph)."""
+        with_quantized = output_sqnr(quantized)
+        floating, _ = self._quantized_copy(graph, chosen, activation_params, residuals=False)
+        with_float = output_sqnr(floating)
         if with_float - with_quantized <= RESIDUAL_SQNR_COST:
-            self._quantize_residuals, self._rewired = True, rewired
             notes.append(f"{rewired} residual add(s) read 8-bit values: output SQNR {with_quantized:.1f} dB "
                          f"({with_float:.1f} with float residuals)")
-            return quantized
+            return True, quantized
         notes.append(f"residual adds keep float values: 8-bit ones would cost {with_float - with_quantized:.1f} dB "
                      f"of output SQNR ({with_quantized:.1f} vs {with_float:.1f} dB; residuals=quantized forces them)")
-        return floating
+        return False, floating
 
-    def _hold_output_sqnr(self, graph, quantized, chosen, activation_params, batches, notes):
+    def _hold_output_sqnr(self, graph, quantized, chosen, activation_params, residuals, output_sqnr, notes):
         """Automatic float fallback: while the model's output SQNR is below `min_sqnr`, give back to
         float the layer that hurts most when quantized alone (one-at-a-time sensitivity)."""
-        expected = [t for batch in batches for t in graph.run(*batch)]  # the float outputs, once
-
-        def output_sqnr(candidate: Graph) -> float:
-            return output_sqnr_db(expected, [t for batch in batches for t in candidate.run(*batch)])
-
         achieved = output_sqnr(quantized)
         if achieved >= self.min_sqnr:
             notes.append(f"output SQNR {achieved:.1f} dB >= min_sqnr {self.min_sqnr:g}: every layer quantized")
             return chosen, quantized
-        alone = {name: output_sqnr(self._quantized_copy(graph, [name], activation_params)) for name in chosen}
+        alone = {name: output_sqnr(self._quantized_copy(graph, [name], activation_params, residuals)[0])
+                 for name in chosen}
         kept_float = []
         for name in sorted(chosen, key=alone.get):
             kept_float.append(name)
             chosen = [n for n in chosen if n != name]
-            quantized = self._quantized_copy(graph, chosen, activation_params)
+            quantized, _ = self._quantized_copy(graph, chosen, activation_params, residuals)
             achieved = output_sqnr(quantized)
             if achieved >= self.min_sqnr:
                 break
