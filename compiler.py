@@ -163,8 +163,8 @@ def compile(model: Any, example_inputs: Sequence[torch.Tensor] | None = None, *,
         report.device_binary = ", ".join(f"{kind} for {sm}" for kind, sm in compiled.device_images) + \
             " (in the library's fatbin)"
         if not runnable:
-            report.check_note = "not run: no NVIDIA GPU with a driver on this machine (the library is built and " \
-                                "holds its device binary)"
+            report.check_note = f"not run: {compiled.why_not_runnable} (the library is built and holds its " \
+                                f"device binary)"
     if compiled.emulated:
         runnable = can_run()
         report.check_note = "run under qemu-aarch64" if runnable else \

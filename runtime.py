@@ -77,18 +77,31 @@ class CompiledModel:
 
     @property
     def runnable(self) -> bool:
-        """False for a CUDA library on a machine without an NVIDIA GPU (it builds, it cannot run here)."""
-        if self.metadata["target"].get("device") != "cuda":
-            return True
-        from slimgraph.codegen.cuda import gpu_present
+        """False for a CUDA library that cannot run here: no NVIDIA GPU, or one its cubin is not for."""
+        return self.why_not_runnable is None
 
-        return gpu_present()
+    @property
+    def why_not_runnable(self) -> str | None:
+        """Why this CUDA library cannot run on this machine, or None when it can (always for CPU builds)."""
+        target = self.metadata["target"]
+        if target.get("device") != "cuda":
+            return None
+        from slimgraph.codegen.cuda import cubin_runs_on, gpu_arch
+
+        present = gpu_arch()
+        if present is None:
+            return "this machine has no NVIDIA GPU with a driver"
+        built = target["config"].get("arch", "")
+        if not cubin_runs_on(built, present):
+            return f"its device code is for {built} and this machine's GPU is {present} (build it with " \
+                   f"--target cuda:{present} to run it here)"
+        return None
 
     def _machine(self):
         if self._vm is None:
             raise SlimgraphError(f"model '{self.metadata['model']}' is a CUDA library "
-                                 f"({self.metadata['target']['name']}) and this machine has no NVIDIA GPU with a "
-                                 f"driver; run it where one is (the library needs no CUDA compiler there)")
+                                 f"({self.metadata['target']['name']}) that cannot run here: "
+                                 f"{self.why_not_runnable}; run it where it can (it needs no CUDA compiler there)")
         return self._vm
 
     @property
@@ -208,8 +221,7 @@ def load(path: str | os.PathLike) -> CompiledModel:
     if metadata["target"].get("arch") == "aarch64" and not host_is_aarch64():
         return CompiledModel(None, metadata, library=library)  # runs under qemu: see CompiledModel
     if metadata["target"].get("device") == "cuda":
-        from slimgraph.codegen.cuda import gpu_present
-
-        if not gpu_present():  # CUDA's module loader is not there to load it; calls say why
-            return CompiledModel(None, metadata, library=library)
+        stand_in = CompiledModel(None, metadata, library=library)
+        if not stand_in.runnable:  # no GPU (no module loader), or one its cubin is not for; calls say why
+            return stand_in
     return CompiledModel(tvm.runtime.load_module(str(library)), metadata, library=library)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -132,6 +133,29 @@ def gpu_present() -> bool:
         return bool(tvm.cuda(0).exist)
     except Exception:  # noqa: BLE001 - no CUDA runtime at all
         return False
+
+
+def gpu_arch() -> str | None:
+    """The SM architecture of the first CUDA GPU ("sm_90" for an H100 / H200), None without one."""
+    if not gpu_present():
+        return None
+    import tvm
+
+    return "sm_" + str(tvm.cuda(0).compute_version).replace(".", "")
+
+
+def cubin_runs_on(library_arch: str, gpu: str) -> bool:
+    """Whether a cubin built for `library_arch` runs on a GPU of architecture `gpu` (both "sm_XY").
+
+    CUDA's rule for machine code (no PTX is embedded to be compiled on load): a cubin for sm_XY runs
+    on GPUs of the same major version X and a minor version of at least Y (a family target such
+    as sm_100f likewise); one for an architecture-specific target (sm_90a) on exactly that GPU."""
+    built, present = (re.fullmatch(r"sm_(\d+?)(\d)([af]?)", arch) for arch in (library_arch, gpu))
+    if built is None or present is None:
+        return False
+    if built.group(3) == "a":
+        return built.group(1, 2) == present.group(1, 2)
+    return built.group(1) == present.group(1) and int(built.group(2)) <= int(present.group(2))
 
 
 def fatbin_images(library: str | os.PathLike) -> list[tuple[str, str]]:
