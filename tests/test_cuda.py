@@ -5,6 +5,7 @@ NVIDIA GPU: those tests skip without one, and the refusal to run is tested where
 import contextlib
 import copy
 import json
+import re
 import tarfile
 
 import numpy as np
@@ -81,6 +82,28 @@ def test_running_without_a_gpu_is_a_one_line_error(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "no NVIDIA GPU" in err and "digit_cnn" in err
     with pytest.raises(SlimgraphError, match="no NVIDIA GPU"):
         slimgraph.load(tmp_path / "m.so")(np.zeros((1, 1, 8, 8), np.float32))
+
+
+@pytest.mark.parametrize("built, gpu, runs", [
+    ("sm_90", "sm_90", True), ("sm_80", "sm_86", True), ("sm_86", "sm_80", False), ("sm_80", "sm_90", False),
+    ("sm_90a", "sm_90", True), ("sm_90a", "sm_100", False), ("sm_100f", "sm_103", True), ("sm_100", "sm_120", False),
+])
+def test_a_cubin_runs_on_later_gpus_of_its_major_version_only(built, gpu, runs):
+    assert cuda.cubin_runs_on(built, gpu) is runs
+
+
+@needs_nvcc
+def test_a_library_for_another_gpu_generation_is_built_not_run(tmp_path, monkeypatch, capsys):
+    """An sm_80 cubin on an sm_90 GPU (as on the H200 these tests also run on): the compile succeeds and
+    says why it did not check; running says it in one line, naming the target to build instead."""
+    monkeypatch.setattr(cuda, "gpu_arch", lambda: "sm_90")
+    compiled = slimgraph.compile("digit_cnn", target="cuda:sm_80", output=tmp_path / "m.so")
+    assert compiled.report.max_abs_diff is None
+    assert "its device code is for sm_80 and this machine's GPU is sm_90" in compiled.report.check_note
+    capsys.readouterr()
+    assert main(["run", str(tmp_path / "m.so")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--target cuda:sm_90" in err and "digit_cnn" in err
 
 
 @contextlib.contextmanager
@@ -193,3 +216,66 @@ def test_cuda_records_are_kept_apart_by_architecture():
     sm90, sm80 = (resolve_target(name).tvm_target() for name in ("cuda", "cuda:sm_80"))
     assert tuning.same_machine_kind(sm90, resolve_target("cuda").tvm_target())
     assert not tuning.same_machine_kind(sm80, sm90)  # an sm_80 record is not applied to an sm_90 build
+
+
+def _gpu_schedule_of(*tensors):
+    """(rule name, scheduled TIR text) of the PrimFunc computing tensors[-1] from the others, for sm_90."""
+    from tvm import te
+
+    from slimgraph.codegen.targets import cuda as cuda_target
+    from slimgraph.lowering.gpu_schedules import first_gpu_schedule
+
+    target = cuda_target().tvm_target()
+    with target:
+        rule, schedule = first_gpu_schedule(te.create_prim_func(list(tensors)), target)
+    return rule, schedule.mod.script()
+
+
+def _depthwise_relu6(channels, size):
+    from tvm import te, topi
+
+    data = te.placeholder((1, channels, size + 2, size + 2), name="x")
+    weight = te.placeholder((channels, 1, 3, 3), name="w")
+    return data, weight, topi.clip(topi.nn.depthwise_conv2d_nchw(data, weight, 1, 0, 1), 0.0, 6.0)
+
+
+def test_a_depthwise_conv_gets_one_gpu_thread_per_output():
+    """3x3 depthwise + ReLU6, 32 x 112 x 112 outputs of 9 terms each: SmallReduction gives 401,408
+    threads in blocks of 1024, one kernel, each sum in a register (dlight's rules gave a block of
+    8 or 256 threads to every output, 9 of them working)."""
+    rule, text = _gpu_schedule_of(*_depthwise_relu6(32, 112))
+    assert rule == "SmallReduction"
+    bindings = re.findall(r'T\.thread_binding\((\d+), thread="(\w+\.x)"', text)
+    assert bindings == [("392", "blockIdx.x"), ("1024", "threadIdx.x")]  # one kernel: the ReLU6 inside
+    assert 'scope="local"' in text
+
+
+@pytest.mark.parametrize("channels, size", [(32, 112), (192, 14), (5, 3)])
+def test_the_thread_per_output_schedule_computes_the_depthwise_conv(channels, size):
+    """The scheduled loops, with each thread binding run as a serial loop on the CPU, against
+    PyTorch: 37,632 or 45 outputs leave the last block partly idle (its bound test is checked)."""
+    import tvm
+
+    rule, text = _gpu_schedule_of(*_depthwise_relu6(channels, size))
+    assert rule == "SmallReduction"
+    serial = re.sub(r'T\.thread_binding\((\d+), thread="[\w.]+"\)', r"T.serial(\1)", text)
+    kernel = tvm.compile(tvm.script.from_source(serial), target="llvm")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, channels, size + 2, size + 2), dtype=np.float32)
+    w = rng.standard_normal((channels, 1, 3, 3), dtype=np.float32)
+    got = tvm.runtime.tensor(np.full((1, channels, size, size), np.nan, np.float32))
+    kernel["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(w), got)
+    want = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), groups=channels).clamp(0, 6)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5)
+
+
+def test_a_long_reduction_keeps_a_block_of_threads_per_output():
+    """Sums of 3 x 7 x 7 = 147 terms per output (a 7x7 conv over 3 channels, no GEMM rule taking it
+    in this form) stay with a cooperative rule: more terms than SMALL_REDUCTION."""
+    from tvm import te
+
+    data = te.placeholder((8, 3, 7, 7), name="x")
+    c, i, j = te.reduce_axis((0, 3), "c"), te.reduce_axis((0, 7), "i"), te.reduce_axis((0, 7), "j")
+    out = te.compute((8,), lambda n: te.sum(data[n, c, i, j] * data[n, c, i, j], axis=[c, i, j]), name="sq")
+    rule, _ = _gpu_schedule_of(data, out)
+    assert rule in ("Reduction", "GeneralReduction")
