@@ -59,7 +59,7 @@ class CompiledModel:
         self._library = library  # on disk: where it was loaded from or exported to
         self._scratch = None  # a temporary export, for an emulated library built in this process
         self._vm = None
-        if not self.emulated and self.runnable:
+        if module is not None and not self.emulated and self.runnable:
             from tvm.runtime.vm import VirtualMachine
 
             self._vm = VirtualMachine(module, self._device)

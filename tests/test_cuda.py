@@ -18,6 +18,7 @@ from slimgraph.codegen import cuda
 from slimgraph.codegen.targets import resolve_target
 from slimgraph.codegen.tuning import TuningOptions
 from slimgraph.ir.errors import SlimgraphError
+from slimgraph.runtime import CompiledModel
 
 from .conftest import MODEL_NAMES, imported_model
 from .test_cli import run_cli
@@ -104,6 +105,9 @@ def test_a_library_for_another_gpu_generation_is_built_not_run(tmp_path, monkeyp
     assert main(["run", str(tmp_path / "m.so")]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--target cuda:sm_90" in err and "digit_cnn" in err
+    monkeypatch.setattr(cuda, "gpu_arch", lambda: "sm_86")  # a GPU it runs on: load's stand-in sees it
+    stand_in = CompiledModel(None, json.loads((tmp_path / "m.json").read_text()))
+    assert stand_in.runnable and stand_in.why_not_runnable is None
 
 
 @contextlib.contextmanager
