@@ -212,11 +212,15 @@ def _builder_and_runner(target, options: TuningOptions):
         raise TuningError("tuning for an aarch64 target measures on the devices: give --rpc HOST:PORT "
                           "--device-key KEY (docs/tuning.md, 'Tuning on a device farm')")
     if on_gpu:
-        from .cuda import gpu_present
+        from .cuda import cubin_runs_on, gpu_arch
 
-        if not gpu_present():
+        present, arch = gpu_arch(), str(target.attrs.get("arch", ""))
+        if present is None:
             raise TuningError("tuning for cuda measures on this machine's GPU and it has none (no NVIDIA driver or "
                               "device): tune on a GPU host, or give --rpc HOST:PORT --device-key KEY")
+        if not cubin_runs_on(arch, present):
+            raise TuningError(f"tuning for cuda:{arch} measures on this machine's GPU, an {present}, which cannot run "
+                              f"{arch} code: tune with --target cuda:{present}, or on an {arch} host through --rpc")
         return builder, ms.runner.LocalRunner(evaluator_config=evaluator, initializer=_prepare_cuda_runner)
     return builder, ms.runner.LocalRunner(evaluator_config=evaluator)
 

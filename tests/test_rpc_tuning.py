@@ -120,3 +120,13 @@ def test_tuning_needs_a_device_to_measure_on(capsys):
     if not gpu_present():
         code, _, err = run_cli(capsys, "compile", "digit_cnn", "--target", "cuda", "--tune", "2", "--quiet")
         assert code == 1 and "tuning for cuda measures on this machine's GPU and it has none" in err
+
+
+def test_tuning_for_another_gpu_generation_is_refused(capsys, monkeypatch):
+    """sm_80 candidates cannot run on an sm_90 GPU: said before any search, naming the target to use."""
+    from slimgraph.codegen import cuda
+
+    monkeypatch.setattr(cuda, "gpu_arch", lambda: "sm_90")
+    code, _, err = run_cli(capsys, "compile", "digit_cnn", "--target", "cuda:sm_80", "--tune", "2", "--quiet")
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "an sm_90, which cannot run sm_80 code: tune with --target cuda:sm_90" in err
