@@ -1,7 +1,7 @@
 """conv2d with its weights packed at compile time, and the CPU schedule for it.
 
 Legalization (`legalize_conv2d`, used instead of TVM's for fp32 NCHW convs with groups = 1 and
-a constant weight):
+a constant weight; 3x3 stride-1 "same" convs that lowering.winograd takes go there instead):
 
     Wp[co // cb, ci, kh, kw, co % cb] = W[co, ci, kh, kw]          (a kernel on a constant:
                                                                    FoldConstant runs it once)
@@ -95,6 +95,11 @@ def legalize_conv2d(bb, call):
     lanes = vector_lanes(target)
     if int(attrs.groups) != 1:  # depthwise / grouped: the NCHW rule, with its padding split
         return legalize_grouped_conv2d(bb, call)
+    from .winograd import legalize_winograd_conv2d, winograd_tile
+
+    tile = winograd_tile(call, lanes)
+    if tile is not None:
+        return legalize_winograd_conv2d(bb, call, tile, lanes)
     if prefers_nchw(call, lanes):
         return _nn_conv2d(bb, call)
     block = channel_block(int(weight.ty.shape[0]), lanes)

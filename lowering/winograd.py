@@ -1,0 +1,199 @@
+"""Winograd convolution F(m x m, 3 x 3) for 3x3 stride-1 "same" convs, and its CPU schedule.
+
+Lavin & Gray's minimal filtering: an m x m tile of outputs of a 3x3 conv comes from an
+alpha x alpha tile of inputs (alpha = m + 2) with alpha^2 multiplies per (ci, co) instead of
+9 m^2; 2.25x fewer with m = 2, 4x fewer with m = 4. With the constant matrices B, G, A below:
+
+    U[eps, nu, co, ci]   = (G  W[co, ci] G^T)[eps, nu]            weight, once at compile time
+    V[eps, nu, ci, tile] = (B^T d[ci, tile] B)[eps, nu]            d: the tile's alpha x alpha inputs
+    M[eps, nu, co, tile] = sum_ci U[eps, nu, co, ci] * V[eps, nu, ci, tile]      alpha^2 GEMMs
+    Y[co, tile]          = A^T M[:, :, co, tile] A                 the m x m outputs
+
+Legalization (`legalize_winograd_conv2d`, chosen by `winograd_tile` for fp32 NCHW 3x3 convs with
+stride 1, dilation 1, padding 1 and output sides that m divides): the weight transform is a
+kernel on a constant (FoldConstant runs it once), packed as Up[eps, nu, co // cb, ci, co % cb]
+with cb the target's fp32 lanes; the rest is one kernel with the conv's fused epilogue.
+
+Schedule (`WinogradConv2dRule`): one parallel task per row of tiles (n, ty), so the row's V and
+M (alpha^2 x channels x tiles in the row) stay in the core's L2 between the three steps:
+    V:  ci, eps, nu unrolled, tx vectorized (the inputs are re-laid out per tile column first,
+        cols[n, ci, y, b, tx] = pad(x)[n, ci, y, tx * m + b], so the vector loads are contiguous)
+    M:  as the packed direct conv: co -> (coo, cv, cl: cb lanes), tx -> (txo, txi), the
+        cv x txi accumulators in registers over ci, every multiply-add
+        acc[cv][txi] += broadcast(V[.., ci, tx]) * Up[.., ci, cb lanes]
+    Y:  per (co // cb, tx), the m x m outputs unrolled, vectorized over the cb output channels,
+        with the epilogue (bias, residual add, activation) before the store.
+Error: the transforms' constants are exact in fp32 (powers of two and small integers but G's
+1/6 and 1/24); measured against PyTorch the outputs of ResNet-18's convs differ by ~5e-6 of their
+largest magnitude with m = 4, ~5e-7 with m = 2.
+"""
+from __future__ import annotations
+
+import numpy as np
+from tvm import s_tir, tirx
+from tvm.s_tir import dlight as dl
+
+from .conv_packed import LANES_ATTR, channel_block, choose_tile
+from .schedule_common import register_budget, row_vector_width
+
+GEMM_BLOCK = "winograd_bgemm"
+# (B^T, G, A^T) for F(m x m, 3 x 3), interpolation points 0, +-1 (m = 2) and 0, +-1, +-2 (m = 4)
+TRANSFORMS = {
+    2: (np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], "f8"),
+        np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], "f8"),
+        np.array([[1, 1, 1, 0], [0, 1, -1, -1]], "f8")),
+    4: (np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                  [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], "f8"),
+        np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                  [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], "f8"),
+        np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], "f8")),
+}
+LONGEST_VECTOR = 16  # tile columns one vector of the data transform covers, at most
+MIN_IN_CHANNELS = 16  # below, the GEMMs' reduction is too short to pay for the transforms
+MIN_TILES_PER_ROW = 8  # m = 4 only where a row holds this many tiles (a 56-wide map; 28 -> m = 2)
+
+
+def winograd_tile(call, lanes: int) -> int | None:
+    """m for a conv `legalize_winograd_conv2d` can take (see module docstring), else None."""
+    attrs = call.attrs
+    _, in_channels, height, width = (int(e) for e in call.args[0].ty.shape)
+    out_channels, _, kernel_h, kernel_w = (int(e) for e in call.args[1].ty.shape)
+    if ((kernel_h, kernel_w) != (3, 3) or [int(s) for s in attrs.strides] != [1, 1]
+            or [int(d) for d in attrs.dilation] != [1, 1] or [int(p) for p in attrs.padding] != [1] * 4
+            or int(attrs.groups) != 1 or in_channels < MIN_IN_CHANNELS
+            or channel_block(out_channels, lanes) < min(lanes, 4)):
+        return None
+    return next((m for m in (4, 2) if height % m == 0 and width % m == 0
+                 and (m == 2 or width // m >= MIN_TILES_PER_ROW)), None)
+
+
+def _linear(terms):
+    """sum of coefficient * expression, skipping zeros and multiplies by +-1."""
+    total = None
+    for coefficient, expr in terms:
+        if coefficient == 0:
+            continue
+        term = expr if coefficient == 1 else -expr if coefficient == -1 else \
+            expr * tirx.const(float(coefficient), "float32")
+        total = term if total is None else total + term
+    return total if total is not None else tirx.const(0.0, "float32")
+
+
+def _select(index, exprs):
+    """exprs[index] for a loop variable index: a Select chain that unrolling folds to one term."""
+    chosen = exprs[-1]
+    for k in range(len(exprs) - 2, -1, -1):
+        chosen = tirx.Select(index == k, exprs[k], chosen)
+    return chosen
+
+
+def _pack_winograd_weight(weight, m: int, block: int):
+    from tvm import te
+
+    out_channels, in_channels, _, _ = (int(e) for e in weight.shape)
+    _, g, _ = TRANSFORMS[m]
+    alpha = m + 2
+
+    def transformed(eps, nu, co_block, ci, lane):
+        co = co_block * block + lane
+        per_position = [_linear([(g[e][kh] * g[u][kw], weight[co, ci, kh, kw]) for kh in range(3) for kw in range(3)])
+                        for e in range(alpha) for u in range(alpha)]
+        return _select(eps * alpha + nu, per_position)
+
+    return te.compute((alpha, alpha, out_channels // block, in_channels, block), transformed,
+                      name="winograd_weight")
+
+
+def _conv2d_winograd(data, packed, m: int):
+    from tvm import te
+
+    batch, in_channels, height, width = (int(e) for e in data.shape)
+    alpha, _, blocks, _, block = (int(e) for e in packed.shape)
+    b_t, _, a_t = TRANSFORMS[m]
+    tiles_h, tiles_w = height // m, width // m
+    cols = te.compute(  # the zero-padded input, re-laid out per tile column: contiguous along tx
+        (batch, in_channels, height + 2, alpha, tiles_w),
+        lambda n, c, y, b, tx: tirx.if_then_else(
+            tirx.all(y >= 1, y <= height, tx * m + b >= 1, tx * m + b <= width),
+            data[n, c, y - 1, tx * m + b - 1], tirx.const(0.0, "float32")), name="winograd_cols")
+
+    def data_transform(eps, nu, c, n, ty, tx):
+        per_position = [_linear([(b_t[e][a] * b_t[u][b], cols[n, c, ty * m + a, b, tx])
+                                 for a in range(alpha) for b in range(alpha)])
+                        for e in range(alpha) for u in range(alpha)]
+        return _select(eps * alpha + nu, per_position)
+
+    transformed = te.compute((alpha, alpha, in_channels, batch, tiles_h, tiles_w), data_transform,
+                             name="winograd_data")
+    rc = te.reduce_axis((0, in_channels), name="rc")
+    products = te.compute(
+        (alpha, alpha, blocks * block, batch, tiles_h, tiles_w),
+        lambda e, u, co, n, ty, tx: te.sum(packed[e, u, co // block, rc, co % block]
+                                           * transformed[e, u, rc, n, ty, tx], axis=rc),
+        name=GEMM_BLOCK, attrs={LANES_ATTR: block})
+
+    def output_transform(n, co, h, w):
+        per_position = [_linear([(a_t[i][a] * a_t[j][b], products[a, b, co, n, h // m, w // m])
+                                 for a in range(alpha) for b in range(alpha)])
+                        for i in range(m) for j in range(m)]
+        return _select((h % m) * m + w % m, per_position)
+
+    return te.compute((batch, blocks * block, height, width), output_transform, name="winograd_output")
+
+
+def legalize_winograd_conv2d(bb, call, m: int, lanes: int):
+    data, weight = call.args
+    block = channel_block(int(weight.ty.shape[0]), lanes)
+    packed = bb.emit_te(_pack_winograd_weight, weight, m, block, primfunc_name_hint="winograd_weight")
+    return bb.call_te(_conv2d_winograd, data, packed, m, primfunc_name_hint="conv2d_winograd")
+
+
+class WinogradConv2dRule(dl.ScheduleRule):
+    """Schedule for the kernels `legalize_winograd_conv2d` makes (module docstring)."""
+
+    name = "conv2d-winograd"
+
+    def apply(self, func, target, tunable):
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        sch = s_tir.Schedule(func)
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        names = [sch.get(block).name_hint for block in blocks]
+        steps = ("winograd_cols", "winograd_data", GEMM_BLOCK, "winograd_output")
+        if [name for name in names if name.startswith("winograd")] != list(steps) or names[:3] != list(steps[:3]):
+            return None
+        cols, data, gemm, *after = blocks
+        if LANES_ATTR not in sch.get(gemm).annotations:
+            return None
+        for block in after[:-1]:  # the output transform and the epilogue before the last block
+            sch.compute_inline(block)
+        cb = int(sch.get(gemm).annotations[LANES_ATTR])
+        alpha = int(sch.get(gemm).writes[0].source.shape[0])
+        m = alpha - 2
+        output = after[-1]
+        sch.transform_block_layout(output, lambda n, c, h, w: (n, h // m, c, w // m, h % m, w % m))
+        batch, tile_row, channel, tile_col, row_in_tile, col_in_tile = sch.get_loops(output)
+        channel_blocks, channel_lanes = sch.split(channel, [None, cb])
+        row = sch.fuse(batch, tile_row)
+        sch.compute_at(gemm, row)
+        eps, nu, co, tx, ci = sch.get_loops(gemm)[-5:]
+        v, owt = choose_tile(int(sch.get(co).extent) // cb, int(sch.get(tx).extent), register_budget(target))
+        coo, cv, cl = sch.split(co, [None, v, cb])
+        txo, txi = sch.split(tx, [None, owt])
+        sch.reorder(eps, nu, coo, txo, ci, cv, txi, cl)
+        sch.compute_at(data, row)
+        d_eps, d_nu, d_ci, d_tx = sch.get_loops(data)[-4:]
+        sch.reorder(d_ci, d_eps, d_nu, d_tx)
+        for loop in (d_eps, d_nu, row_in_tile, col_in_tile, cv, txi):
+            sch.unroll(loop)
+        if int(sch.get(d_tx).extent) > 2 * LONGEST_VECTOR:  # a wide map: vectors of a divisor of the row
+            d_tx = sch.split(d_tx, [None, row_vector_width(int(sch.get(d_tx).extent))])[1]
+        sch.vectorize(d_tx)
+        sch.vectorize(channel_lanes)
+        sch.vectorize(cl)
+        sch.parallel(row)
+        col_loops = sch.get_loops(cols)
+        sch.parallel(sch.fuse(*col_loops[:3]))
+        sch.decompose_reduction(gemm, ci)
+        sch.transform_layout(gemm, ("write", 0), lambda e, u, co, n, ty, tx: (e, u, co // cb, n, ty, tx, co % cb))
+        return sch

@@ -1,0 +1,118 @@
+"""Winograd F(m x m, 3 x 3) convolution (lowering.winograd): the transform matrices, which convs
+take it, and the scheduled kernels against PyTorch on a sweep of shapes and epilogues."""
+import re
+
+import numpy as np
+import pytest
+import torch
+from tvm import tirx
+
+import slimgraph
+from slimgraph import ir
+from slimgraph.codegen.targets import resolve_target
+from slimgraph.lowering import lower
+from slimgraph.lowering.cpu_schedules import is_scheduled
+from slimgraph.lowering.winograd import GEMM_BLOCK, TRANSFORMS, winograd_tile
+
+aten = torch.ops.aten
+AVX2_TARGET = '{"kind": "llvm", "mcpu": "haswell", "mattr": ["+avx2", "+fma"], "num-cores": 2}'
+
+
+@pytest.mark.parametrize("m", sorted(TRANSFORMS))
+def test_transforms_compute_the_3x3_correlation_of_a_tile(m):
+    """A^T [(G g G^T) * (B^T d B)] A equals the m x m valid correlation of d with g, in float64."""
+    b_t, g_mat, a_t = TRANSFORMS[m]
+    rng = np.random.default_rng(m)
+    for _ in range(5):
+        d, g = rng.standard_normal((m + 2, m + 2)), rng.standard_normal((3, 3))
+        winograd = a_t @ ((g_mat @ g @ g_mat.T) * (b_t @ d @ b_t.T)) @ a_t.T
+        direct = np.array([[np.sum(d[i:i + 3, j:j + 3] * g) for j in range(m)] for i in range(m)])
+        np.testing.assert_allclose(winograd, direct, rtol=1e-12, atol=1e-12)
+
+
+def conv_graph(batch, channels, out_channels, height, width, epilogue):
+    builder = ir.GraphBuilder("winograd")
+    generator = torch.Generator().manual_seed(channels * 100 + out_channels + height)
+    x = builder.input("x", (batch, channels, height, width), torch.float32)
+    w = builder.param("conv.weight", torch.randn(out_channels, channels, 3, 3, generator=generator) / (3 * channels ** 0.5))
+    b = builder.param("conv.bias", torch.randn(out_channels, generator=generator))
+    y = builder.call(aten.conv2d.default, x, w, b, [1, 1], [1, 1], [1, 1], 1)
+    if epilogue == "residual":  # ResNet's basic block ends with conv + bias + identity, then ReLU
+        y = builder.call(aten.relu.default, builder.call(aten.add.Tensor, y, x))
+    elif epilogue == "relu6":
+        y = builder.call(aten.hardtanh.default, y, 0.0, 6.0)
+    builder.output(y)
+    return builder.build()
+
+
+@pytest.mark.parametrize("batch, channels, out_channels, height, width, epilogue, m", [
+    (1, 64, 64, 56, 56, "residual", 4),   # ResNet-18's layer1 conv: 14 tiles of 4 per row
+    (1, 16, 16, 32, 32, "relu6", 4),      # 8 tiles per row: the fewest that m = 4 takes
+    (2, 32, 32, 28, 28, "residual", 2),   # batch 2; 28 wide: 7 tiles of 4, too few, so m = 2
+    (1, 128, 128, 14, 14, "none", 2),     # ResNet-18's layer3 size: 7 tiles per row
+    (1, 16, 24, 6, 10, "relu6", 2),       # 24 output channels: blocks of 8 lanes; not square
+    (1, 20, 20, 8, 40, "none", 4),        # 20 channels: blocks of 4; 40 wide: 10 tiles per row
+])
+@pytest.mark.parametrize("target", ["x86", AVX2_TARGET], ids=["host", "avx2"])
+def test_winograd_conv_matches_pytorch(batch, channels, out_channels, height, width, epilogue, m, target):
+    graph = conv_graph(batch, channels, out_channels, height, width, epilogue)
+    compiled = slimgraph.compile(graph, target=target, check=True)
+    assert compiled.report.max_abs_diff <= 1e-4
+    _, optimized, _ = lower(graph, resolve_target(target).tvm_target())
+    kernels = [f for _, f in optimized.functions_items() if isinstance(f, tirx.PrimFunc) and GEMM_BLOCK in f.script()]
+    assert len(kernels) == 1 and is_scheduled(kernels[0])
+    alpha = f"T.int64({m + 2})"  # alpha x alpha GEMMs: the tile size m the rule chose
+    assert f"winograd_bgemm = T.sblock_alloc_buffer(({alpha}, {alpha}," in kernels[0].script()
+
+
+class Conv:
+    """A stand-in for the relax call winograd_tile reads: shapes and conv attributes."""
+
+    def __init__(self, channels=64, out_channels=64, size=56, kernel=3, stride=1, padding=1, dilation=1, groups=1):
+        shape = type("Shape", (), {})
+
+        def typed(dims):
+            value = shape()
+            value.ty = type("Ty", (), {"shape": dims})()
+            return value
+
+        self.args = [typed([1, channels, size, size]), typed([out_channels, channels // groups, kernel, kernel])]
+        self.attrs = type("Attrs", (), {"strides": [stride] * 2, "padding": [padding] * 4,
+                                         "dilation": [dilation] * 2, "groups": groups})()
+
+
+@pytest.mark.parametrize("conv, lanes, expected", [
+    (Conv(), 16, 4), (Conv(size=28), 16, 2), (Conv(size=14), 16, 2),
+    (Conv(size=7), 16, None),             # 7 rows: no tile size divides
+    (Conv(stride=2), 16, None), (Conv(padding=0), 16, None), (Conv(dilation=2), 16, None),
+    (Conv(kernel=5, padding=2), 16, None), (Conv(groups=2), 16, None),
+    (Conv(channels=3), 16, None),         # a stem: 3 input channels, too short a reduction
+    (Conv(out_channels=6), 16, None),     # channel blocks of 2: too narrow for the vector lanes
+    (Conv(out_channels=20), 4, 4),        # blocks of 4 fill NEON's 4 lanes
+])
+def test_which_convs_take_winograd(conv, lanes, expected):
+    assert winograd_tile(conv, lanes) == expected
+
+
+def test_resnet18_uses_winograd_where_it_applies(tmp_path):
+    """Its 3x3 stride-1 convs at 56, 28 and 14 take Winograd (6 distinct kernels: with and without
+    the residual add, per size); the 7x7 ones, the strided ones and the stem keep the packed
+    direct conv."""
+    compiled = slimgraph.compile("resnet18", dump_dir=tmp_path, check=True)
+    assert compiled.report.max_abs_diff <= 1e-4
+    optimized = (tmp_path / "relax-optimized.py").read_text()
+    assert optimized.count(f'sblock("{GEMM_BLOCK}_update"') == 6
+    assert optimized.count('sblock("conv2d_packed_update"') >= 4
+
+
+@pytest.mark.skipif(not __import__("slimgraph.codegen.aarch64", fromlist=["can_run"]).can_run(),
+                    reason="needs g++-aarch64-linux-gnu and qemu-user (Debian packages)")
+@pytest.mark.parametrize("shape", [(1, 16, 16, 32, 32, "residual", 4), (1, 24, 20, 14, 14, "relu6", 2)])
+def test_winograd_on_arm64_under_qemu(shape):
+    """NEON: channel blocks of 4 lanes, the same rule; run under qemu-aarch64 against PyTorch."""
+    graph = conv_graph(*shape[:-1])
+    compiled = slimgraph.compile(graph, target="arm64", check=True)
+    assert compiled.emulated and compiled.report.max_abs_diff <= 1e-4
+    _, optimized, _ = lower(graph, resolve_target("arm64").tvm_target())
+    kernels = [f for _, f in optimized.functions_items() if isinstance(f, tirx.PrimFunc) and GEMM_BLOCK in f.script()]
+    assert len(kernels) == 1 and re.search(r'"slimgraph.lanes": (T.int64\()?4\b', kernels[0].script())
