@@ -10,22 +10,28 @@ alpha x alpha tile of inputs (alpha = m + 2) with alpha^2 multiplies per (ci, co
     Y[co, tile]          = A^T M[:, :, co, tile] A                 the m x m outputs
 
 Legalization (`legalize_winograd_conv2d`, chosen by `winograd_tile` for fp32 NCHW 3x3 convs with
-stride 1, dilation 1, padding 1 and output sides that m divides): the weight transform is a
-kernel on a constant (FoldConstant runs it once), packed as Up[eps, nu, co // cb, ci, co % cb]
-with cb the target's fp32 lanes; the rest is one kernel with the conv's fused epilogue.
+stride 1, dilation 1, padding 1, at least MIN_IN_CHANNELS inputs and output channels in blocks
+of at least 4): the weight transform is a kernel on a constant (FoldConstant runs it once),
+packed as Up[eps, nu, co // cb, ci, co % cb] with cb the target's fp32 lanes; the rest is one
+kernel with the conv's fused epilogue. m = 4 where it divides the map and a row holds at least
+MIN_TILES_PER_ROW tiles (ResNet-18's 56 x 56), else m = 2; tiles past the map's edge read zeros
+and their outputs are not stored (7 x 7 = 4 x 4 tiles of 2).
 
-Schedule (`WinogradConv2dRule`): one parallel task per row of tiles (n, ty), so the row's V and
-M (alpha^2 x channels x tiles in the row) stay in the core's L2 between the three steps:
-    V:  ci, eps, nu unrolled, tx vectorized (the inputs are re-laid out per tile column first,
-        cols[n, ci, y, b, tx] = pad(x)[n, ci, y, tx * m + b], so the vector loads are contiguous)
-    M:  as the packed direct conv: co -> (coo, cv, cl: cb lanes), tx -> (txo, txi), the
-        cv x txi accumulators in registers over ci, every multiply-add
-        acc[cv][txi] += broadcast(V[.., ci, tx]) * Up[.., ci, cb lanes]
-    Y:  per (co // cb, tx), the m x m outputs unrolled, vectorized over the cb output channels,
-        with the epilogue (bias, residual add, activation) before the store.
-Error: the transforms' constants are exact in fp32 (powers of two and small integers but G's
-1/6 and 1/24); measured against PyTorch the outputs of ResNet-18's convs differ by ~5e-6 of their
-largest magnitude with m = 4, ~5e-7 with m = 2.
+Schedule (`WinogradConv2dRule`), three parallel steps over the whole map:
+    V:  in parallel over ci; eps, nu unrolled, tx vectorized (the input is first re-laid out per
+        tile column, cols[n, ci, y, b, tx] = pad(x)[n, ci, y, tx * m + b], so the loads are
+        contiguous, and each (eps, nu) keeps only B's non-zero terms)
+    M:  as the packed direct conv, per (eps, nu): co -> (coo, cv, cl: cb lanes), tiles -> (to, ti),
+        the cv x ti accumulators in registers over ci, every multiply-add
+        acc[cv][ti] += broadcast(V[eps, nu, ci, tile]) * Up[eps, nu, coo.., ci, cb lanes];
+        (eps, nu, coo) in parallel
+    Y:  in parallel over (n, co // cb); the m x m outputs of a tile unrolled, vectorized over the
+        cb output channels, with the epilogue (bias, residual add, activation) before the store.
+A schedule that kept V and M per row of tiles in L2 (one parallel task per tile row) measured
+no faster on ResNet-18 (alternated in one process: 14.6 vs 14.3 ms) and needs m to divide the map.
+Error: measured against PyTorch, ResNet-18's outputs differ by 3e-7 (as with the direct conv); a
+single 64-channel conv's by ~5e-6 of its largest output with m = 4 (G's 1/6 and 1/24 are not exact
+in fp32), ~5e-7 with m = 2.
 """
 from __future__ import annotations
 
@@ -63,8 +69,9 @@ def winograd_tile(call, lanes: int) -> int | None:
             or int(attrs.groups) != 1 or in_channels < MIN_IN_CHANNELS
             or channel_block(out_channels, lanes) < min(lanes, 4)):
         return None
-    return next((m for m in (4, 2) if height % m == 0 and width % m == 0
-                 and (m == 2 or width // m >= MIN_TILES_PER_ROW)), None)
+    if height % 4 == 0 and width % 4 == 0 and width // 4 >= MIN_TILES_PER_ROW:
+        return 4
+    return 2  # the last row / column of tiles may reach past the map (7 = 4 tiles of 2)
 
 
 def _linear(terms):
@@ -110,9 +117,9 @@ def _conv2d_winograd(data, packed, m: int):
     batch, in_channels, height, width = (int(e) for e in data.shape)
     alpha, _, blocks, _, block = (int(e) for e in packed.shape)
     b_t, _, a_t = TRANSFORMS[m]
-    tiles_h, tiles_w = height // m, width // m
+    tiles_h, tiles_w = -(-height // m), -(-width // m)
     cols = te.compute(  # the zero-padded input, re-laid out per tile column: contiguous along tx
-        (batch, in_channels, height + 2, alpha, tiles_w),
+        (batch, in_channels, tiles_h * m + 2, alpha, tiles_w),
         lambda n, c, y, b, tx: tirx.if_then_else(
             tirx.all(y >= 1, y <= height, tx * m + b >= 1, tx * m + b <= width),
             data[n, c, y - 1, tx * m + b - 1], tirx.const(0.0, "float32")), name="winograd_cols")
@@ -168,32 +175,56 @@ class WinogradConv2dRule(dl.ScheduleRule):
         for block in after[:-1]:  # the output transform and the epilogue before the last block
             sch.compute_inline(block)
         cb = int(sch.get(gemm).annotations[LANES_ATTR])
-        alpha = int(sch.get(gemm).writes[0].source.shape[0])
-        m = alpha - 2
-        output = after[-1]
-        sch.transform_block_layout(output, lambda n, c, h, w: (n, h // m, c, w // m, h % m, w % m))
-        batch, tile_row, channel, tile_col, row_in_tile, col_in_tile = sch.get_loops(output)
-        channel_blocks, channel_lanes = sch.split(channel, [None, cb])
-        row = sch.fuse(batch, tile_row)
-        sch.compute_at(gemm, row)
-        eps, nu, co, tx, ci = sch.get_loops(gemm)[-5:]
-        v, owt = choose_tile(int(sch.get(co).extent) // cb, int(sch.get(tx).extent), register_budget(target))
-        coo, cv, cl = sch.split(co, [None, v, cb])
-        txo, txi = sch.split(tx, [None, owt])
-        sch.reorder(eps, nu, coo, txo, ci, cv, txi, cl)
-        sch.compute_at(data, row)
-        d_eps, d_nu, d_ci, d_tx = sch.get_loops(data)[-4:]
-        sch.reorder(d_ci, d_eps, d_nu, d_tx)
-        for loop in (d_eps, d_nu, row_in_tile, col_in_tile, cv, txi):
-            sch.unroll(loop)
-        if int(sch.get(d_tx).extent) > 2 * LONGEST_VECTOR:  # a wide map: vectors of a divisor of the row
-            d_tx = sch.split(d_tx, [None, row_vector_width(int(sch.get(d_tx).extent))])[1]
-        sch.vectorize(d_tx)
-        sch.vectorize(channel_lanes)
-        sch.vectorize(cl)
-        sch.parallel(row)
-        col_loops = sch.get_loops(cols)
-        sch.parallel(sch.fuse(*col_loops[:3]))
-        sch.decompose_reduction(gemm, ci)
+        m = int(sch.get(gemm).writes[0].source.shape[0]) - 2
+        _schedule_in_stages(sch, cols, data, gemm, after[-1], m, cb, register_budget(target))
         sch.transform_layout(gemm, ("write", 0), lambda e, u, co, n, ty, tx: (e, u, co // cb, n, ty, tx, co % cb))
         return sch
+
+
+def _schedule_in_stages(sch, cols, data, gemm, output, m, cb, budget):
+    """The three steps one after the other, each over the whole map and in parallel (module
+    docstring). The output step splits h and w by m (the last tiles may reach past the map: a
+    bounds check there) and unrolls the m x m tile, so each output's Select folds to one sum."""
+    _parallel_cols(sch, cols)
+    d_eps, d_nu, d_ci, d_n, d_ty, d_tx = sch.get_loops(data)
+    sch.reorder(d_ci, d_n, d_ty, d_eps, d_nu, d_tx)
+    sch.parallel(d_ci)
+    _vectorize_data_transform(sch, d_eps, d_nu, d_tx)
+    eps, nu, co, n, ty, tx, ci = sch.get_loops(gemm)
+    tiles = sch.fuse(n, ty, tx)
+    outer = _tile_gemm(sch, gemm, eps, nu, co, tiles, ci, cb, budget)
+    sch.parallel(sch.fuse(eps, nu, outer))
+    batch, channel, h, w = sch.get_loops(output)
+    channel_blocks, channel_lanes = sch.split(channel, [None, cb])
+    tile_row, row_in_tile = sch.split(h, [None, m])
+    tile_col, col_in_tile = sch.split(w, [None, m])
+    sch.reorder(batch, channel_blocks, tile_row, tile_col, row_in_tile, col_in_tile, channel_lanes)
+    sch.parallel(sch.fuse(batch, channel_blocks))
+    sch.unroll(row_in_tile)
+    sch.unroll(col_in_tile)
+    sch.vectorize(channel_lanes)
+    sch.decompose_reduction(gemm, ci)
+
+
+def _tile_gemm(sch, gemm, eps, nu, co, tiles, ci, cb, budget):
+    """co -> (coo, cv, cl), tiles -> (to, ti): cv x ti accumulators of cb lanes over ci; returns coo."""
+    v, owt = choose_tile(int(sch.get(co).extent) // cb, int(sch.get(tiles).extent), budget)
+    coo, cv, cl = sch.split(co, [None, v, cb])
+    to, ti = sch.split(tiles, [None, owt])
+    sch.reorder(eps, nu, coo, to, ci, cv, ti, cl)
+    sch.unroll(cv)
+    sch.unroll(ti)
+    sch.vectorize(cl)
+    return coo
+
+
+def _vectorize_data_transform(sch, eps, nu, tx):
+    sch.unroll(eps)
+    sch.unroll(nu)
+    if int(sch.get(tx).extent) > 2 * LONGEST_VECTOR:  # a wide map: vectors of a divisor of the row
+        tx = sch.split(tx, [None, row_vector_width(int(sch.get(tx).extent))])[1]
+    sch.vectorize(tx)
+
+
+def _parallel_cols(sch, cols):
+    sch.parallel(sch.fuse(*sch.get_loops(cols)[:3]))

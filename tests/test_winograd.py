@@ -52,6 +52,8 @@ def conv_graph(batch, channels, out_channels, height, width, epilogue):
     (1, 128, 128, 14, 14, "none", 2),     # ResNet-18's layer3 size: 7 tiles per row
     (1, 16, 24, 6, 10, "relu6", 2),       # 24 output channels: blocks of 8 lanes; not square
     (1, 20, 20, 8, 40, "none", 4),        # 20 channels: blocks of 4; 40 wide: 10 tiles per row
+    (1, 32, 32, 7, 7, "residual", 2),     # ResNet-18's layer4 size: 4 x 4 tiles of 2 reach past the map
+    (2, 16, 16, 9, 13, "relu6", 2),       # batch 2, odd sides
 ])
 @pytest.mark.parametrize("target", ["x86", AVX2_TARGET], ids=["host", "avx2"])
 def test_winograd_conv_matches_pytorch(batch, channels, out_channels, height, width, epilogue, m, target):
@@ -83,7 +85,7 @@ class Conv:
 
 @pytest.mark.parametrize("conv, lanes, expected", [
     (Conv(), 16, 4), (Conv(size=28), 16, 2), (Conv(size=14), 16, 2),
-    (Conv(size=7), 16, None),             # 7 rows: no tile size divides
+    (Conv(size=7), 16, 2),                # 7 rows: the last tile reaches past the map
     (Conv(stride=2), 16, None), (Conv(padding=0), 16, None), (Conv(dilation=2), 16, None),
     (Conv(kernel=5, padding=2), 16, None), (Conv(groups=2), 16, None),
     (Conv(channels=3), 16, None),         # a stem: 3 input channels, too short a reduction
@@ -95,14 +97,13 @@ def test_which_convs_take_winograd(conv, lanes, expected):
 
 
 def test_resnet18_uses_winograd_where_it_applies(tmp_path):
-    """Its 3x3 stride-1 convs at 56, 28 and 14 take Winograd (6 distinct kernels: with and without
-    the residual add, per size); the 7x7 ones, the strided ones and the stem keep the packed
-    direct conv."""
+    """Its 3x3 stride-1 convs take Winograd (8 distinct kernels: with and without the residual add,
+    per map size); the stem, the stride-2 convs and the 1x1 downsamples keep the packed direct conv."""
     compiled = slimgraph.compile("resnet18", dump_dir=tmp_path, check=True)
     assert compiled.report.max_abs_diff <= 1e-4
     optimized = (tmp_path / "relax-optimized.py").read_text()
-    assert optimized.count(f'sblock("{GEMM_BLOCK}_update"') == 6
-    assert optimized.count('sblock("conv2d_packed_update"') >= 4
+    assert optimized.count(f'sblock("{GEMM_BLOCK}_update"') == 8
+    assert optimized.count('sblock("conv2d_packed_update"') == 7
 
 
 @pytest.mark.skipif(not __import__("slimgraph.codegen.aarch64", fromlist=["can_run"]).can_run(),
