@@ -1,5 +1,7 @@
 """CPU schedule rules: every scheduled kernel still computes what the IR says, on a sweep of
 shapes (odd sizes, sizes no vector width divides, batch > 1, fused epilogues)."""
+import re
+
 import pytest
 import torch
 
@@ -79,14 +81,15 @@ def conv_graph(batch, cin, cout, size, kernel, stride, padding, groups, dilation
 
 
 @pytest.mark.parametrize("batch, cin, cout, size, kernel, stride, padding, groups", [
-    (1, 64, 64, 56, 3, 1, 1, 1),      # ResNet-18's layer1 conv
+    (1, 64, 64, 56, 3, 1, 1, 1),      # ResNet-18's layer1 conv (57 wide): Winograd, tiles past the edge
     (1, 3, 16, 31, 7, 2, 3, 1),       # a stem: odd size, stride 2
     (2, 5, 7, 9, 3, 1, 0, 1),         # batch 2, channels no tile divides
     (1, 32, 32, 15, 3, 2, 1, 32),     # depthwise, stride 2
     (1, 8, 12, 10, 1, 1, 0, 1),       # 1x1
     (1, 8, 8, 6, 3, 1, 1, 2),         # grouped
     (1, 16, 24, 14, 3, 1, 2, 1),      # 24 channels: blocks of 8 with 16 lanes; dilation 2 below
-    (2, 32, 48, 7, 3, 1, 1, 1),       # batch 2, 7 columns
+    (2, 32, 48, 7, 3, 1, 1, 1),       # batch 2, 7 columns: Winograd
+    (2, 32, 48, 7, 3, 1, 0, 1),       # the same without padding: the packed conv
     (1, 24, 24, 13, 3, 1, 1, 24),     # depthwise, 14 columns: one partial vector per row
     (2, 16, 16, 11, 3, 2, 1, 16),     # depthwise, batch 2, stride 2, 6 columns
     (1, 16, 16, 12, 5, 2, 2, 16),     # depthwise 5x5, stride 2, odd padded width (17): parity planes differ
@@ -101,13 +104,17 @@ def test_conv_rule_matches_the_reference(batch, cin, cout, size, kernel, stride,
     compiled = slimgraph.compile(graph, target=target, check=True)
     assert compiled.report.max_abs_diff <= 1e-4
     _, optimized, _ = lower(graph, resolve_target(target).tvm_target())
-    convs = [f for gv, f in optimized.functions_items() if isinstance(f, tirx.PrimFunc) and "conv2d" in f.script()]
+    convs = [f for gv, f in optimized.functions_items()
+             if isinstance(f, tirx.PrimFunc) and re.search("conv2d|winograd_bgemm", f.script())]
     assert convs and all(is_scheduled(f) for f in convs)
     packed = [f for f in convs if "conv2d_packed" in f.script()]
+    winograd = [f for f in convs if "winograd_bgemm" in f.script()]
     out_width = (size + 1 + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
     lanes = vector_lanes(resolve_target(target).tvm_target())
     short_reduction = cin * kernel * kernel <= 2 * lanes and out_width % min(lanes, 8) == 0
-    assert bool(packed) == (groups == 1 and not short_reduction)
+    takes_winograd = (kernel, stride, padding, dilation, groups) == (3, 1, 1, 1, 1) and cin >= 16  # tests/test_winograd.py
+    assert bool(winograd) == takes_winograd
+    assert bool(packed) == (groups == 1 and not short_reduction and not takes_winograd)
 
 
 @pytest.mark.parametrize("blocks, width, budget, expected", [

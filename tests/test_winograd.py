@@ -117,3 +117,18 @@ def test_winograd_on_arm64_under_qemu(shape):
     _, optimized, _ = lower(graph, resolve_target("arm64").tvm_target())
     kernels = [f for _, f in optimized.functions_items() if isinstance(f, tirx.PrimFunc) and GEMM_BLOCK in f.script()]
     assert len(kernels) == 1 and re.search(r'"slimgraph.lanes": (T.int64\()?4\b', kernels[0].script())
+
+
+def test_a_winograd_kernel_tunes_and_the_database_replays_it(tmp_path):
+    """MetaSchedule takes the Winograd kernel (the rule schedule measured as its starting point);
+    a later compile applies the record without search and still matches PyTorch."""
+    from slimgraph.codegen.tuning import TuningOptions
+
+    graph = conv_graph(1, 16, 16, 8, 8, "residual")
+    database = tmp_path / "db"
+    tuned = slimgraph.compile(graph, tuning=TuningOptions(trials=2, database=database), check=True)
+    assert tuned.report.max_abs_diff <= 1e-5 and len(tuned.report.kernels) == 1
+    assert len((database / "database_workload.json").read_text().splitlines()) == 1
+    replayed = slimgraph.compile(graph, tuning=TuningOptions(database=database), check=True)
+    assert replayed.report.tuning.applied == replayed.report.kernels and not replayed.report.tuning.tuned
+    assert replayed.report.max_abs_diff <= 1e-5
