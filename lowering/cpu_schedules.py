@@ -1,7 +1,8 @@
 """Rule-based CPU schedules: fast kernels without search, chosen by the kernel's shape.
 
 Rules: Winograd conv2d (lowering.winograd), packed direct conv2d (lowering.conv_packed), dense
-(DenseRule), direct conv2d / depthwise conv (Conv2dRule), then TVM's GEMV and reduction rules.
+(DenseRule), direct conv2d / depthwise conv (Conv2dRule), TVM's GEMV rule, row reductions with
+vectorized partial sums (lowering.row_reduction), then TVM's reduction rule.
 
 The rules are data (`CPU_RULES`, tried in order; the first that applies wins), in the style of
 TVM's dlight rules, which cover GPUs but on the CPU only GEMV and reductions. A kernel no rule
@@ -33,6 +34,7 @@ from .grouped_conv import INTERIOR_ATTR, plane_depth, schedule_padding
 from .int8_depthwise import Int8DepthwiseRule
 from .int8_pixels import Int8PixelConv2dRule
 from .int8_schedules import Int8Conv2dRule, Int8DenseRule
+from .row_reduction import RowReductionRule
 from .winograd import WinogradConv2dRule
 from .schedule_common import epilogue_at, is_scheduled, largest_divisor, register_budget, vector_lanes
 
@@ -228,7 +230,7 @@ ELEMENTWISE_PARALLEL_MIN = 16384  # elements; below it a second thread costs mor
 # First match wins. TVM's own CPU rules follow ours: GEMV (batch-1 dense) and reductions.
 CPU_RULES: list[dl.ScheduleRule] = [Int8PixelConv2dRule(), Int8DepthwiseRule(), Int8Conv2dRule(), Int8DenseRule(),
                                     WinogradConv2dRule(), PackedConv2dRule(), DenseRule(), Conv2dRule(), ElementwiseRule(), dl.cpu.GEMV(),
-                                    dl.cpu.Reduction()]
+                                    RowReductionRule(), dl.cpu.Reduction()]
 
 
 def schedule_cpu(mod, target) -> tuple[object, list[str]]:
