@@ -62,6 +62,8 @@ MIN_TILES_PER_ROW = 8  # m = 4 only where a row holds this many tiles (a 56-wide
 def winograd_tile(call, lanes: int) -> int | None:
     """m for a conv `legalize_winograd_conv2d` can take (see module docstring), else None."""
     attrs = call.attrs
+    if not all(isinstance(e, tirx.IntImm) for e in [*call.args[0].ty.shape, *call.args[1].ty.shape]):
+        return None  # a symbolic size: the tiling needs them all
     _, in_channels, height, width = (int(e) for e in call.args[0].ty.shape)
     out_channels, _, kernel_h, kernel_w = (int(e) for e in call.args[1].ty.shape)
     if ((kernel_h, kernel_w) != (3, 3) or [int(s) for s in attrs.strides] != [1, 1]

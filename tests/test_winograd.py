@@ -75,7 +75,7 @@ class Conv:
 
         def typed(dims):
             value = shape()
-            value.ty = type("Ty", (), {"shape": dims})()
+            value.ty = type("Ty", (), {"shape": [tirx.IntImm("int64", d) for d in dims]})()
             return value
 
         self.args = [typed([1, channels, size, size]), typed([out_channels, channels // groups, kernel, kernel])]
@@ -94,6 +94,12 @@ class Conv:
 ])
 def test_which_convs_take_winograd(conv, lanes, expected):
     assert winograd_tile(conv, lanes) == expected
+
+
+def test_a_symbolic_size_keeps_the_direct_conv():
+    conv = Conv()
+    conv.args[0].ty.shape[0] = tirx.Var("batch", "int64")
+    assert winograd_tile(conv, 16) is None
 
 
 def test_resnet18_uses_winograd_where_it_applies(tmp_path):
