@@ -47,13 +47,13 @@ def conv_graph(batch, channels, out_channels, height, width, epilogue):
 
 @pytest.mark.parametrize("batch, channels, out_channels, height, width, epilogue, m", [
     (1, 64, 64, 56, 56, "residual", 4),   # ResNet-18's layer1 conv: 14 tiles of 4 per row
-    (1, 16, 16, 32, 32, "relu6", 4),      # 8 tiles per row: the fewest that m = 4 takes
+    (1, 32, 32, 32, 32, "relu6", 4),      # 8 tiles per row: the fewest that m = 4 takes
     (2, 32, 32, 28, 28, "residual", 2),   # batch 2; 28 wide: 7 tiles of 4, too few, so m = 2
     (1, 128, 128, 14, 14, "none", 2),     # ResNet-18's layer3 size: 7 tiles per row
-    (1, 16, 24, 6, 10, "relu6", 2),       # 24 output channels: blocks of 8 lanes; not square
-    (1, 20, 20, 8, 40, "none", 4),        # 20 channels: blocks of 4; 40 wide: 10 tiles per row
-    (1, 32, 32, 7, 7, "residual", 2),     # ResNet-18's layer4 size: 4 x 4 tiles of 2 reach past the map
-    (2, 16, 16, 9, 13, "relu6", 2),       # batch 2, odd sides
+    (1, 32, 24, 28, 30, "relu6", 2),      # 24 output channels: blocks of 8 lanes; not square
+    (1, 20, 20, 32, 40, "none", 4),       # 20 channels: blocks of 4; 40 wide: 10 tiles per row
+    (1, 128, 128, 7, 7, "residual", 2),   # ResNet-18's layer4 size: 4 x 4 tiles of 2 reach past the map
+    (2, 64, 64, 9, 13, "relu6", 2),       # batch 2, odd sides
 ])
 @pytest.mark.parametrize("target", ["x86", AVX2_TARGET], ids=["host", "avx2"])
 def test_winograd_conv_matches_pytorch(batch, channels, out_channels, height, width, epilogue, m, target):
@@ -85,7 +85,9 @@ class Conv:
 
 @pytest.mark.parametrize("conv, lanes, expected", [
     (Conv(), 16, 4), (Conv(size=28), 16, 2), (Conv(size=14), 16, 2),
-    (Conv(size=7), 16, 2),                # 7 rows: the last tile reaches past the map
+    (Conv(channels=128, out_channels=128, size=7), 16, 2),  # 7 rows: the last tile reaches past the map
+    (Conv(size=7), 16, None),             # 1.8 M multiply-adds: too little work for four parallel steps
+    (Conv(channels=16, out_channels=32, size=8), 16, None),  # the digit CNN's second conv
     (Conv(stride=2), 16, None), (Conv(padding=0), 16, None), (Conv(dilation=2), 16, None),
     (Conv(kernel=5, padding=2), 16, None), (Conv(groups=2), 16, None),
     (Conv(channels=3), 16, None),         # a stem: 3 input channels, too short a reduction
@@ -114,7 +116,7 @@ def test_resnet18_uses_winograd_where_it_applies(tmp_path):
 
 @pytest.mark.skipif(not __import__("slimgraph.codegen.aarch64", fromlist=["can_run"]).can_run(),
                     reason="needs g++-aarch64-linux-gnu and qemu-user (Debian packages)")
-@pytest.mark.parametrize("shape", [(1, 16, 16, 32, 32, "residual", 4), (1, 24, 20, 14, 14, "relu6", 2)])
+@pytest.mark.parametrize("shape", [(1, 32, 32, 32, 32, "residual", 4), (1, 64, 40, 14, 14, "relu6", 2)])
 def test_winograd_on_arm64_under_qemu(shape):
     """NEON: channel blocks of 4 lanes, the same rule; run under qemu-aarch64 against PyTorch."""
     graph = conv_graph(*shape[:-1])
@@ -130,7 +132,7 @@ def test_a_winograd_kernel_tunes_and_the_database_replays_it(tmp_path):
     a later compile applies the record without search and still matches PyTorch."""
     from slimgraph.codegen.tuning import TuningOptions
 
-    graph = conv_graph(1, 16, 16, 8, 8, "residual")
+    graph = conv_graph(1, 32, 32, 24, 24, "residual")
     database = tmp_path / "db"
     tuned = slimgraph.compile(graph, tuning=TuningOptions(trials=2, database=database), check=True)
     assert tuned.report.max_abs_diff <= 1e-5 and len(tuned.report.kernels) == 1
