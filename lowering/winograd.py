@@ -11,9 +11,11 @@ alpha x alpha tile of inputs (alpha = m + 2) with alpha^2 multiplies per (ci, co
 
 Legalization (`legalize_winograd_conv2d`, chosen by `winograd_tile` for fp32 NCHW 3x3 convs with
 stride 1, dilation 1, padding 1, at least MIN_IN_CHANNELS inputs, output channels in blocks
-of at least 4 and at least MIN_MULTIPLY_ADDS of direct-conv work: the digit CNN's 16->32 conv at
-8x8, 0.3 M, measured 17 us against 12.6 us direct, its four parallel steps costing more than the
-multiplies they save; ResNet-18's, 115.6 M each, win): the weight transform is a kernel on a constant (FoldConstant runs it once),
+of at least 4 and at least MIN_MULTIPLY_ADDS of direct-conv work. Kernels timed alone, alternated,
+Winograd vs direct: the digit CNN's 16->32 conv at 8x8 (0.3 M multiply-adds) 7.6 vs 5.4 us, its
+four parallel steps costing more than the multiplies they save; at 2.4 M level (28.0 vs 27.3 us
+at 32x32x16) or faster (44 vs 53 us, 16 channels at 32x32); at 5.3 M 66 vs 77 us; ResNet-18's,
+115.6 M each, about half the time): the weight transform is a kernel on a constant (FoldConstant runs it once),
 packed as Up[eps, nu, co // cb, ci, co % cb] with cb the target's fp32 lanes; the rest is one
 kernel with the conv's fused epilogue. m = 4 where it divides the map and a row holds at least
 MIN_TILES_PER_ROW tiles (ResNet-18's 56 x 56), else m = 2; tiles past the map's edge read zeros
@@ -58,7 +60,7 @@ TRANSFORMS = {
 }
 LONGEST_VECTOR = 16  # tile columns one vector of the data transform covers, at most
 MIN_IN_CHANNELS = 16  # below, the GEMMs' reduction is too short to pay for the transforms
-MIN_MULTIPLY_ADDS = 1 << 22  # a direct conv's; below, four parallel steps cost more than they save
+MIN_MULTIPLY_ADDS = 1 << 22  # a direct conv's; at 2.4 M the two were level (module docstring)
 MIN_TILES_PER_ROW = 8  # m = 4 only where a row holds this many tiles (a 56-wide map; 28 -> m = 2)
 
 
