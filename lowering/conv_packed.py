@@ -95,7 +95,7 @@ def legalize_conv2d(bb, call):
     lanes = vector_lanes(target)
     if int(attrs.groups) != 1:  # depthwise / grouped: the NCHW rule, with its padding split
         return legalize_grouped_conv2d(bb, call)
-    from .winograd import legalize_winograd_conv2d, winograd_tile
+    from .winograd import legalize_winograd_conv2d, winograd_tile  # here: winograd imports this module
 
     tile = winograd_tile(call, lanes)
     if tile is not None:

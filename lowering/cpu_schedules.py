@@ -35,8 +35,8 @@ from .int8_depthwise import Int8DepthwiseRule
 from .int8_pixels import Int8PixelConv2dRule
 from .int8_schedules import Int8Conv2dRule, Int8DenseRule
 from .row_reduction import RowReductionRule
-from .winograd import WinogradConv2dRule
 from .schedule_common import epilogue_at, is_scheduled, largest_divisor, register_budget, vector_lanes
+from .winograd import WinogradConv2dRule
 
 
 def _packed_width(sch, block, depth: int, width: int) -> int:
@@ -227,10 +227,11 @@ class ElementwiseRule(dl.ScheduleRule):
 VECTOR_ROW_LANES = 4  # a row of up to 4 x lanes elements is one vector (LLVM splits it into registers)
 ELEMENTWISE_PARALLEL_MIN = 16384  # elements; below it a second thread costs more than it saves
 
-# First match wins. TVM's own CPU rules follow ours: GEMV (batch-1 dense) and reductions.
+# First match wins. TVM's GEMV rule (batch-1 dense) comes before our row reductions, TVM's own
+# reduction rule last (the rows ours leaves).
 CPU_RULES: list[dl.ScheduleRule] = [Int8PixelConv2dRule(), Int8DepthwiseRule(), Int8Conv2dRule(), Int8DenseRule(),
-                                    WinogradConv2dRule(), PackedConv2dRule(), DenseRule(), Conv2dRule(), ElementwiseRule(), dl.cpu.GEMV(),
-                                    RowReductionRule(), dl.cpu.Reduction()]
+                                    WinogradConv2dRule(), PackedConv2dRule(), DenseRule(), Conv2dRule(),
+                                    ElementwiseRule(), dl.cpu.GEMV(), RowReductionRule(), dl.cpu.Reduction()]
 
 
 def schedule_cpu(mod, target) -> tuple[object, list[str]]:

@@ -71,24 +71,12 @@ class RowReductionRule(dl.ScheduleRule):
         for block in blocks[:-1]:
             stmt = sch.get(block)
             if stmt.name_hint.endswith(PARTIAL_SUFFIX):
-                lane, *units, reduction = sch.get_loops(block)[-(2 + _unit_loops(sch, block)):]
+                lane, *units, reduction = sch.get_loops(block)[1:]  # under the row loop: compute_at kept unit rows
                 sch.reorder(*units, reduction, lane)
                 sch.vectorize(lane)
             elif all(iv.iter_type == 0 for iv in stmt.iter_vars):
                 _vectorize_inner(sch, block, lanes)
         return sch
-
-
-def _unit_loops(sch, block) -> int:
-    """Loops of extent 1 between the partial block's lane loop and its reduction loop (rows that
-    compute_at left as unit loops)."""
-    loops = sch.get_loops(block)
-    count = 0
-    for loop in reversed(loops[:-1]):
-        if int(sch.get(loop).extent) != 1:
-            break
-        count += 1
-    return count
 
 
 def _vectorize_inner(sch, block, lanes: int) -> None:

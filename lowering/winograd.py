@@ -9,19 +9,20 @@ alpha x alpha tile of inputs (alpha = m + 2) with alpha^2 multiplies per (ci, co
     M[eps, nu, co, tile] = sum_ci U[eps, nu, co, ci] * V[eps, nu, ci, tile]      alpha^2 GEMMs
     Y[co, tile]          = A^T M[:, :, co, tile] A                 the m x m outputs
 
-Legalization (`legalize_winograd_conv2d`, chosen by `winograd_tile` for fp32 NCHW 3x3 convs with
-stride 1, dilation 1, padding 1, at least MIN_IN_CHANNELS inputs, output channels in blocks
-of at least 4 and at least MIN_MULTIPLY_ADDS of direct-conv work. Kernels timed alone, alternated,
-Winograd vs direct: the digit CNN's 16->32 conv at 8x8 (0.3 M multiply-adds) 7.6 vs 5.4 us, its
-four parallel steps costing more than the multiplies they save; at 2.4 M level (28.0 vs 27.3 us
-at 32x32x16) or faster (44 vs 53 us, 16 channels at 32x32); at 5.3 M 66 vs 77 us; ResNet-18's,
-115.6 M each, about half the time): the weight transform is a kernel on a constant (FoldConstant runs it once),
-packed as Up[eps, nu, co // cb, ci, co % cb] with cb the target's fp32 lanes; the rest is one
-kernel with the conv's fused epilogue. m = 4 where it divides the map and a row holds at least
-MIN_TILES_PER_ROW tiles (ResNet-18's 56 x 56), else m = 2; tiles past the map's edge read zeros
-and their outputs are not stored (7 x 7 = 4 x 4 tiles of 2).
+Legalization (`legalize_winograd_conv2d`): the weight transform is a kernel on a constant
+(FoldConstant runs it once), packed as Up[eps, nu, co // cb, ci, co % cb] with cb the target's
+fp32 lanes; the rest is one kernel with the conv's fused epilogue. m = 4 where it divides the map
+and a row holds at least MIN_TILES_PER_ROW tiles (ResNet-18's 56 x 56), else m = 2; tiles past
+the map's edge read zeros and their outputs are not stored (7 x 7 = 4 x 4 tiles of 2).
 
-Schedule (`WinogradConv2dRule`), three parallel steps over the whole map:
+Which convs (`winograd_tile`): fp32 NCHW 3x3 convs with stride 1, dilation 1, padding 1, at least
+MIN_IN_CHANNELS inputs, output channels in blocks of at least 4, and at least MIN_MULTIPLY_ADDS
+of direct-conv work. Kernels timed alone, alternated, Winograd vs direct: the digit CNN's 16->32
+conv at 8x8 (0.3 M multiply-adds) 7.6 vs 5.4 us, its parallel steps costing more than the
+multiplies they save; at 2.4 M level (28.0 vs 27.3 us at 32x32x16) or faster (44 vs 53 us, 16
+channels at 32x32); at 5.3 M 66 vs 77 us; ResNet-18's, 115.6 M each, about half the time.
+
+Schedule (`WinogradConv2dRule`): the re-layout below, then three parallel steps over the whole map:
     V:  in parallel over ci; eps, nu unrolled, tx vectorized (the input is first re-laid out per
         tile column, cols[n, ci, y, b, tx] = pad(x)[n, ci, y, tx * m + b], so the loads are
         contiguous, and each (eps, nu) keeps only B's non-zero terms)
@@ -174,8 +175,7 @@ class WinogradConv2dRule(dl.ScheduleRule):
         sch = s_tir.Schedule(func)
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
         names = [sch.get(block).name_hint for block in blocks]
-        steps = ("winograd_cols", "winograd_data", GEMM_BLOCK, "winograd_output")
-        if [name for name in names if name.startswith("winograd")] != list(steps) or names[:3] != list(steps[:3]):
+        if names[:4] != ["winograd_cols", "winograd_data", GEMM_BLOCK, "winograd_output"]:
             return None
         cols, data, gemm, *after = blocks
         if LANES_ATTR not in sch.get(gemm).annotations:

@@ -1,6 +1,7 @@
 """Winograd F(m x m, 3 x 3) convolution (lowering.winograd): the transform matrices, which convs
 take it, and the scheduled kernels against PyTorch on a sweep of shapes and epilogues."""
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from tvm import tirx
 
 import slimgraph
 from slimgraph import ir
+from slimgraph.codegen import aarch64
 from slimgraph.codegen.targets import resolve_target
 from slimgraph.lowering import lower
 from slimgraph.lowering.cpu_schedules import is_scheduled
@@ -67,20 +69,14 @@ def test_winograd_conv_matches_pytorch(batch, channels, out_channels, height, wi
     assert f"winograd_bgemm = T.sblock_alloc_buffer(({alpha}, {alpha}," in kernels[0].script()
 
 
-class Conv:
+def Conv(channels=64, out_channels=64, size=56, kernel=3, stride=1, padding=1, dilation=1, groups=1):
     """A stand-in for the relax call winograd_tile reads: shapes and conv attributes."""
+    def typed(dims):
+        return SimpleNamespace(ty=SimpleNamespace(shape=[tirx.IntImm("int64", d) for d in dims]))
 
-    def __init__(self, channels=64, out_channels=64, size=56, kernel=3, stride=1, padding=1, dilation=1, groups=1):
-        shape = type("Shape", (), {})
-
-        def typed(dims):
-            value = shape()
-            value.ty = type("Ty", (), {"shape": [tirx.IntImm("int64", d) for d in dims]})()
-            return value
-
-        self.args = [typed([1, channels, size, size]), typed([out_channels, channels // groups, kernel, kernel])]
-        self.attrs = type("Attrs", (), {"strides": [stride] * 2, "padding": [padding] * 4,
-                                         "dilation": [dilation] * 2, "groups": groups})()
+    return SimpleNamespace(
+        args=[typed([1, channels, size, size]), typed([out_channels, channels // groups, kernel, kernel])],
+        attrs=SimpleNamespace(strides=[stride] * 2, padding=[padding] * 4, dilation=[dilation] * 2, groups=groups))
 
 
 @pytest.mark.parametrize("conv, lanes, expected", [
@@ -114,7 +110,7 @@ def test_resnet18_uses_winograd_where_it_applies(tmp_path):
     assert optimized.count('sblock("conv2d_packed_update"') == 7
 
 
-@pytest.mark.skipif(not __import__("slimgraph.codegen.aarch64", fromlist=["can_run"]).can_run(),
+@pytest.mark.skipif(not aarch64.can_run(),
                     reason="needs g++-aarch64-linux-gnu and qemu-user (Debian packages)")
 @pytest.mark.parametrize("shape", [(1, 32, 32, 32, 32, "residual", 4), (1, 64, 40, 14, 14, "relu6", 2)])
 def test_winograd_on_arm64_under_qemu(shape):
