@@ -1,6 +1,7 @@
 """Rule-based CPU schedules: fast kernels without search, chosen by the kernel's shape.
 
-Rules: Winograd conv2d (lowering.winograd), packed direct conv2d (lowering.conv_packed), dense
+Rules: a 1x1 conv fused with a depthwise conv (lowering.pointwise_depthwise), Winograd conv2d
+(lowering.winograd), packed direct conv2d (lowering.conv_packed), dense
 (DenseRule), direct conv2d / depthwise conv (Conv2dRule), TVM's GEMV rule, row reductions with
 vectorized partial sums (lowering.row_reduction), then TVM's reduction rule.
 
@@ -34,6 +35,7 @@ from .grouped_conv import INTERIOR_ATTR, plane_depth, schedule_padding
 from .int8_depthwise import Int8DepthwiseRule
 from .int8_pixels import Int8PixelConv2dRule
 from .int8_schedules import Int8Conv2dRule, Int8DenseRule
+from .pointwise_depthwise import PointwiseDepthwiseRule
 from .row_reduction import RowReductionRule
 from .schedule_common import epilogue_at, is_scheduled, largest_divisor, register_budget, vector_lanes
 from .winograd import WinogradConv2dRule
@@ -230,8 +232,8 @@ ELEMENTWISE_PARALLEL_MIN = 16384  # elements; below it a second thread costs mor
 # First match wins. TVM's GEMV rule (batch-1 dense) comes before our row reductions, TVM's own
 # reduction rule last (the rows ours leaves).
 CPU_RULES: list[dl.ScheduleRule] = [Int8PixelConv2dRule(), Int8DepthwiseRule(), Int8Conv2dRule(), Int8DenseRule(),
-                                    WinogradConv2dRule(), PackedConv2dRule(), DenseRule(), Conv2dRule(),
-                                    ElementwiseRule(), dl.cpu.GEMV(), RowReductionRule(), dl.cpu.Reduction()]
+                                    PointwiseDepthwiseRule(), WinogradConv2dRule(), PackedConv2dRule(), DenseRule(),
+                                    Conv2dRule(), ElementwiseRule(), dl.cpu.GEMV(), RowReductionRule(), dl.cpu.Reduction()]
 
 
 def schedule_cpu(mod, target) -> tuple[object, list[str]]:

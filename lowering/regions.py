@@ -64,6 +64,25 @@ def import_with_origins(graph: Graph, example) -> tuple[object, dict[str, str]]:
     return mod, origins
 
 
+def one_conv_per_region(graph: Graph, region_of: dict[str, int]) -> dict[str, int]:
+    """`region_of` (node name -> region) with each region that holds more than one conv (the `fuse`
+    pass's 1x1 + depthwise pairs) split before its second conv: a new region from there on."""
+    split = dict(region_of)
+    convs: dict[int, int] = {}
+    renumbered: dict[int, int] = {}
+    next_region = max(region_of.values(), default=-1) + 1
+    for node in graph.fx_graph.nodes:
+        region = region_of.get(node.name)
+        if region is None:
+            continue
+        if node.target is torch.ops.aten.conv2d.default:
+            convs[region] = convs.get(region, 0) + 1
+            if convs[region] > 1:
+                renumbered[region], next_region = next_region, next_region + 1
+        split[node.name] = renumbered.get(region, region)
+    return split
+
+
 def outline_regions(mod, var_region: dict[str, int]):
     """Move each region's bindings in `main` into a private primitive function called once.
 

@@ -74,6 +74,7 @@ class Fuse(Pass):
     algebra: bool = True
     parallel: bool = True
     regions: bool = True
+    depthwise: bool = True  # a depthwise conv may share the kernel of the 1x1 conv it reads
 
     def run(self, graph):
         stats, notes = {}, []
@@ -87,7 +88,7 @@ class Fuse(Pass):
                 stats["parallel-linears"] = merged
         if self.regions:
             before = [n.meta.get(REGION) for n in graph.fx_graph.nodes]
-            stats["regions"] = assign_regions(graph)
+            stats["regions"] = assign_regions(graph, self.depthwise)
             if before == [n.meta.get(REGION) for n in graph.fx_graph.nodes] and len(stats) == 1:
                 return PassResult(graph, False, stats, notes)
         return PassResult(graph, bool(stats), stats, notes)

@@ -27,7 +27,7 @@ def test_named_pipeline_expands_and_defaults_are_not_printed():
     ("prunee", "unknown pass 'prunee'; did you mean 'prune'?"),
     ("fuse{parallel=maybe}", "option 'parallel' of pass 'fuse' expects bool, got 'maybe'"),
     ("fold-constants{max_bytes=lots}", "option 'max_bytes' of pass 'fold-constants' expects int, got 'lots'"),
-    ("fuse{paralel=true}", "pass 'fuse' has no option 'paralel'; did you mean 'parallel'? (options: algebra, parallel, regions)"),
+    ("fuse{paralel=true}", "pass 'fuse' has no option 'paralel'; did you mean 'parallel'? (options: algebra, parallel, regions, depthwise)"),
     ("fuse{parallel=true", "unbalanced '{' at column 5"),
     ("fuse}", "unbalanced '}' at column 5"),
     ("fuse{parallel}", "option 'parallel' at column 6 is not KEY=VALUE"),
