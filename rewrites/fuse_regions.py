@@ -48,9 +48,9 @@ JOINS_PRODUCER = ELEMENTWISE | LAYOUT
 
 # The expanded tensor from which a 1x1 conv and its depthwise conv share a kernel. Smaller ones
 # stay in L2 between two kernels anyway, and there the 1x1 conv's own kernel (channels as vector
-# lanes) beat the fused one's (MobileNetV2 on a Zen 4 core with 1 MB of L2, each pair alone,
-# fused vs apart: 4.8 MB 0.40 vs 0.51 ms, 1.8 MB 0.22 vs 0.30; 0.6 MB 0.09 vs 0.06, 0.1 MB
-# 0.05 vs 0.03).
+# lanes) mostly beats the fused one's. MobileNetV2's pairs, each timed alone on a Zen 4 core with
+# 1 MB of L2 (2 threads, fused vs apart, ms): 4.6 MB 0.33 vs 0.53, 1.7 MB 0.19 vs 0.31 (stride 2:
+# 0.18 vs 0.29); 0.57 MB 0.14 vs 0.11, 0.29 MB 0.072 vs 0.080, 0.18 MB 0.15 vs 0.10.
 POINTWISE_DEPTHWISE_MIN_BYTES = 1 << 20
 
 
