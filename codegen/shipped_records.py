@@ -7,7 +7,9 @@ codegen/tuning_records, which every compile consults after the user's own databa
 (codegen/tuning.py). Per workload (a kernel's PrimFunc, structurally hashed) and kind of machine
 (codegen.tuning.machine_kind: CPU name and features), only the fastest record is kept, so the
 shipped files hold one schedule per tuned kernel and machine kind, not the search's thousands of
-candidates. DIR is rewritten whole (into a temporary directory, then moved into place).
+candidates. A best record that is the rule schedule itself (the search found nothing faster) is
+left out: shipped, it would pin today's rule schedule on that kernel after the rules improve.
+DIR is rewritten whole (into a temporary directory, then moved into place).
 """
 from __future__ import annotations
 
@@ -33,7 +35,16 @@ def _best_records(directories: list[Path]) -> dict:
             key = (structural_hash(record.workload.mod), machine_kind(record.target))
             if key not in best or mean_seconds(record) < mean_seconds(best[key]):
                 best[key] = record
-    return best
+    return {key: record for key, record in best.items() if not is_rule_schedule(record)}
+
+
+def is_rule_schedule(record) -> bool:
+    """Is the record's schedule the one our rules give its kernel (same trace)?"""
+    from .tuning_measure import rule_schedule
+
+    with record.target:
+        rules = rule_schedule(record.workload.mod["main"], record.target)
+    return rules is not None and rules.trace is not None and str(rules.trace) == str(record.trace)
 
 
 def merge_into(source: Path, destination: Path = SHIPPED_RECORDS) -> int:

@@ -7,7 +7,7 @@ import pytest
 import slimgraph
 from slimgraph.codegen import tuning
 from slimgraph.codegen.shipped_records import merge_into
-from slimgraph.codegen.tuning import TuningOptions, default_database_dir
+from slimgraph.codegen.tuning import TuningOptions, default_database_dir, open_database
 
 from .test_cli import run_cli
 
@@ -42,9 +42,11 @@ def test_tune_then_compile_reuses_the_database(tmp_path, capsys, monkeypatch):
     rules_only = slimgraph.compile(f"{factory}:mlp", tuning=TuningOptions(database=database, use_database=False))
     assert rules_only.report.tuning.applied == []
 
-    # the records shipped with slimgraph: the fastest per kernel, consulted after the user's database
+    # the records shipped with slimgraph: the fastest per kernel, consulted after the user's database;
+    # not one that is the rule schedule itself (it would pin today's rules on the kernel)
     shipped = tmp_path / "shipped"
-    assert merge_into(database, shipped) == 1
+    assert merge_into(database_with_fastest(database, tmp_path / "rules-best", rules=True), shipped) == 0
+    assert merge_into(database_with_fastest(database, tmp_path / "search-best", rules=False), shipped) == 1
     assert len((shipped / "database_tuning_record.json").read_text().splitlines()) == 1
     monkeypatch.setattr(tuning, "SHIPPED_RECORDS", shipped)
     from_shipped = slimgraph.compile(f"{factory}:mlp", tuning=TuningOptions(database=tmp_path / "empty"))
@@ -62,6 +64,26 @@ def test_tune_then_compile_reuses_the_database(tmp_path, capsys, monkeypatch):
     (database / "database_tuning_record.json").write_text("\n".join(moved) + "\n")
     elsewhere = slimgraph.compile(f"{factory}:mlp", tuning=TuningOptions(database=database))
     assert elsewhere.report.tuning.applied == []
+
+
+def database_with_fastest(source, destination, rules: bool):
+    """A copy of `source`'s rule-schedule record and one search candidate, the first the fastest
+    when `rules`, else the second."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from slimgraph.codegen.shipped_records import is_rule_schedule
+
+    records = list(open_database(source).get_all_tuning_records())
+    rule = next(r for r in records if is_rule_schedule(r))
+    candidate = next(r for r in records if not is_rule_schedule(r))
+    destination.mkdir()
+    database = ms.database.JSONDatabase(work_dir=str(destination), allow_missing=True)
+    workload = database.commit_workload(rule.workload.mod)
+    for record, seconds in ((rule, 1e-6 if rules else 1e-3), (candidate, 1e-3 if rules else 1e-6)):
+        database.commit_tuning_record(ms.database.TuningRecord(
+            record.trace, workload, [tvm.tirx.FloatImm("float64", seconds)], record.target, record.args_info))
+    return destination
 
 
 def test_merging_a_directory_that_is_no_database_is_a_one_line_error(tmp_path):
@@ -227,3 +249,24 @@ def test_replaying_a_record_leaves_the_kernel_it_was_made_for_unchanged():
 
     lower(realized, target, before_rules=replay_on_the_input_quantize)
     assert seen == {"unchanged": True, "transformed": True}
+
+
+def test_shipped_records_replay_and_beat_the_rules():
+    """Every record shipped in codegen/tuning_records replays on its kernel and is not the rule
+    schedule; where this host is the kind of machine a record was made on, MobileNetV2 takes them
+    and still matches PyTorch."""
+    from tvm import s_tir
+
+    from slimgraph.codegen.shipped_records import is_rule_schedule
+    from slimgraph.codegen.targets import x86_host
+
+    records = list(open_database(tuning.SHIPPED_RECORDS, create=False).get_all_tuning_records())
+    assert records
+    for record in records:
+        assert not is_rule_schedule(record)
+        schedule = s_tir.Schedule(record.workload.mod)
+        record.trace.apply_to_schedule(schedule, remove_postproc=False)
+    if not any(tuning.same_machine_kind(r.target, x86_host().tvm_target()) for r in records):
+        pytest.skip("no shipped record was made on this kind of machine")
+    compiled = slimgraph.compile("mobilenet_v2", tuning=TuningOptions(database=None, use_database=True))
+    assert compiled.report.tuning.shipped and compiled.report.max_abs_diff <= 1e-4
