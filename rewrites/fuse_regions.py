@@ -89,11 +89,12 @@ def is_depthwise_conv(node: fx.Node) -> bool:
     return shape is not None and shape[1] == 1 and _conv_option(node, 6, 1) == shape[0] > 1
 
 
-def _expansion_joins(node: fx.Node, anchor: fx.Node | None, members: list[fx.Node]) -> bool:
-    """Does depthwise conv `node` join the region of `anchor` (a 1x1 conv and its activation)?"""
+def _expansion_joins(node: fx.Node, members: list[fx.Node]) -> bool:
+    """Does depthwise conv `node` join the region `members` (a 1x1 conv and its activation), whose
+    last value is its input?"""
     value = node.args[0].meta.get("val")
-    return (is_depthwise_conv(node) and anchor is not None and is_pointwise_conv(anchor)
-            and all(m.target in ELEMENTWISE for m in members[1:])
+    return (members[-1] is node.args[0] and is_depthwise_conv(node) and is_pointwise_conv(members[0])
+            and all(m.target in ELEMENTWISE for m in members[1:]) and isinstance(value, torch.Tensor)
             and value.dtype == torch.float32 and value.nelement() * 4 >= POINTWISE_DEPTHWISE_MIN_BYTES)
 
 
@@ -113,9 +114,8 @@ def assign_regions(graph, depthwise: bool = True) -> int:
         # joins the conv's region whichever side of the + it is on)
         joinable = [a for a in node.args if isinstance(a, fx.Node) and region_of(a) is not None
                     and tail.get(region_of(a)) is a and len(a.users) == 1]
-        if joinable and (node.target in JOINS_PRODUCER or depthwise and joinable[0] is node.args[0] and
-                         _expansion_joins(node, members[region_of(joinable[0])][0],
-                                          members[region_of(joinable[0])])):
+        if joinable and (node.target in JOINS_PRODUCER
+                         or depthwise and _expansion_joins(node, members[region_of(joinable[0])])):
             region = region_of(joinable[0])
         else:
             region, count = count, count + 1
