@@ -95,3 +95,17 @@ def unsupported_ops(fx_graph: fx.Graph) -> Counter:
     from .shapes import op_name
 
     return Counter(op_name(n) for n in fx_graph.nodes if n.op == "call_function" and not is_canonical(n.target))
+
+
+def conv2d_attrs(node: fx.Node) -> tuple[list[int], list[int], list[int], int]:
+    """(stride, padding, dilation, groups) of an aten.conv2d node, defaults filled in, each spatial
+    attribute as a pair."""
+    defaults = (None, None, None, 1, 0, 1, 1)
+    args = list(node.args) + list(defaults[len(node.args):])
+    return _pair(args[3]), _pair(args[4]), _pair(args[5]), int(args[6])
+
+
+def _pair(value) -> list[int]:
+    """An int or a 1- or 2-element list (aten broadcasts one value to both sides) as [h, w]."""
+    values = [int(value)] if isinstance(value, int) else [int(e) for e in value]
+    return values * 2 if len(values) == 1 else values

@@ -25,6 +25,7 @@ import operator
 import torch
 import torch.fx as fx
 
+from slimgraph.ir.ops import conv2d_attrs
 from slimgraph.ir.text import REGION
 
 aten = torch.ops.aten
@@ -69,24 +70,19 @@ def _conv_weight_shape(node: fx.Node) -> tuple | None:
     return tuple(node.args[1].meta["val"].shape)
 
 
-def _conv_option(node: fx.Node, position: int, default):
-    value = node.args[position] if len(node.args) > position else node.kwargs.get(
-        ("bias", "stride", "padding", "dilation", "groups")[position - 2], default)
-    return default if value is None else value
-
-
 def is_pointwise_conv(node: fx.Node) -> bool:
     """A 1x1 conv, stride 1, no padding, no groups."""
     shape = _conv_weight_shape(node)
-    return (shape is not None and shape[2:] == (1, 1) and _conv_option(node, 6, 1) == 1
-            and list(_conv_option(node, 3, [1, 1])) in ([1], [1, 1])
-            and list(_conv_option(node, 4, [0, 0])) in ([0], [0, 0]))
+    if shape is None or shape[2:] != (1, 1):
+        return False
+    stride, padding, _, groups = conv2d_attrs(node)
+    return stride == [1, 1] and padding == [0, 0] and groups == 1
 
 
 def is_depthwise_conv(node: fx.Node) -> bool:
     """A conv with one input channel per group and as many groups as channels."""
     shape = _conv_weight_shape(node)
-    return shape is not None and shape[1] == 1 and _conv_option(node, 6, 1) == shape[0] > 1
+    return shape is not None and shape[1] == 1 and conv2d_attrs(node)[3] == shape[0] > 1
 
 
 def _expansion_joins(node: fx.Node, members: list[fx.Node]) -> bool:

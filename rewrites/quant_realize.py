@@ -43,6 +43,7 @@ import torch.fx as fx
 
 import slimgraph.ir.slimgraph_ops  # noqa: F401  (registers torch.ops.slimgraph)
 from slimgraph.ir.graph import PROVENANCE, Graph, Provenance, provenance_of
+from slimgraph.ir.ops import conv2d_attrs
 from slimgraph.ir.shapes import to_meta
 
 from .base import Pass, PassResult, register_pass
@@ -75,13 +76,6 @@ def quantize_value(value: float, scale: float, zero_point: int, qmin: int, qmax:
         return float(qmin if value < 0 else qmax)
     inverse = float(1.0 / torch.tensor(scale, dtype=torch.float32))
     return float(min(max(round(value * inverse + zero_point), qmin), qmax))
-
-
-def _conv_attrs(node: fx.Node) -> tuple[list[int], list[int], list[int], int]:
-    defaults = (None, None, None, 1, 0, 1, 1)
-    args = list(node.args) + list(defaults[len(node.args):])
-    pair = lambda v: [int(v), int(v)] if isinstance(v, int) else [int(e) for e in v]  # noqa: E731
-    return pair(args[3]), pair(args[4]), pair(args[5]), int(args[6])
 
 
 @register_pass
@@ -151,7 +145,7 @@ class Realize(Pass):
             constants = [self._constant(graph, f"{stem}.{suffix}", tensor, layer)
                          for suffix, tensor in (("bias_int32", bias_q), ("requant_scale", scale))]
             if is_conv:
-                stride, padding, dilation, groups = _conv_attrs(layer)
+                stride, padding, dilation, groups = conv2d_attrs(layer)
                 args = (q_x, weight, *constants, int(x_zero), int(y_zero), stride, padding, dilation, groups,
                         low, high, out_dtype)
                 integer = graph.fx_graph.call_function(ops.qconv2d.default, args)
