@@ -39,7 +39,8 @@ from .int8_pixels import Int8PixelConv2dRule
 from .int8_schedules import Int8Conv2dRule, Int8DenseRule
 from .pointwise_depthwise import PointwiseDepthwiseRule
 from .row_reduction import RowReductionRule
-from .schedule_common import epilogue_at, is_scheduled, largest_divisor, register_budget, vector_lanes
+from .schedule_common import (column_tile, epilogue_at, is_scheduled, iter_kinds, largest_divisor,
+                              register_budget, vector_lanes)
 from .winograd import WinogradConv2dRule
 
 
@@ -131,7 +132,7 @@ class Conv2dRule(dl.ScheduleRule):
         if len(reductions) != 1:
             return None
         conv = reductions[0]
-        kinds = "".join("R" if iv.iter_type == 2 else "S" for iv in sch.get(conv.block_rv).iter_vars)
+        kinds = iter_kinds(sch, conv.block_rv)
         spatial = kinds.count("S")
         if spatial not in (3, 4) or kinds not in ("S" * spatial + "RRR", "S" * spatial + "RR"):
             return None
@@ -150,9 +151,7 @@ class Conv2dRule(dl.ScheduleRule):
         lanes = vector_lanes(target)
         width = int(sch.get(ow).extent)
         cot = largest_divisor(int(sch.get(co).extent), (8, 4, 2)) if kinds.endswith("RRR") else 1
-        owt = largest_divisor(width, (2 * lanes, lanes, 8, 4, 2))
-        if owt < 4 and width <= 2 * lanes and cot * -(-width // lanes) <= register_budget(target):
-            owt = width  # a short row (14, 7) no 4 divides: one partial vector beats 2-wide ones
+        owt = column_tile(width, lanes, cot, register_budget(target))
         channels = int(sch.get(co).extent)
         coo, coi = sch.split(co, [None, cot])
         owo, owi = sch.split(ow, [None, owt])
@@ -235,7 +234,8 @@ ELEMENTWISE_PARALLEL_MIN = 16384  # elements; below it a second thread costs mor
 # reduction rule last (the rows ours leaves).
 CPU_RULES: list[dl.ScheduleRule] = [Int8PixelConv2dRule(), Int8DepthwiseRule(), Int8Conv2dRule(), Int8DenseRule(),
                                     PointwiseDepthwiseRule(), WinogradConv2dRule(), PackedConv2dRule(), DenseRule(),
-                                    Conv2dRule(), ElementwiseRule(), dl.cpu.GEMV(), RowReductionRule(), dl.cpu.Reduction()]
+                                    Conv2dRule(), ElementwiseRule(), dl.cpu.GEMV(), RowReductionRule(),
+                                    dl.cpu.Reduction()]
 
 
 def schedule_cpu(mod, target) -> tuple[object, list[str]]:

@@ -25,13 +25,10 @@ from tvm.s_tir import dlight as dl
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 
 from .grouped_conv import schedule_padding
-from .schedule_common import epilogue_at, largest_divisor, register_budget, vector_lanes
+from .schedule_common import (column_tile, epilogue_at, iter_kinds, largest_divisor, register_budget,
+                              vector_lanes)
 
 CHANNEL_BLOCK = 8  # channels per parallel step: the 1x1 tile's rows (at most this, a divisor of C)
-
-
-def _kinds(sch, info) -> str:
-    return "".join("R" if iv.iter_type == 2 else "S" for iv in sch.get(info.block_rv).iter_vars)
 
 
 class PointwiseDepthwiseRule(dl.ScheduleRule):
@@ -48,7 +45,8 @@ class PointwiseDepthwiseRule(dl.ScheduleRule):
         if len(reductions) != 2 or not all(info.is_injective() for info in infos if info not in reductions):
             return None
         pointwise, depthwise = reductions
-        pointwise_kinds, depthwise_kinds = _kinds(sch, pointwise), _kinds(sch, depthwise)
+        pointwise_kinds = iter_kinds(sch, pointwise.block_rv)
+        depthwise_kinds = iter_kinds(sch, depthwise.block_rv)
         spatial = depthwise_kinds.count("S")
         if spatial not in (3, 4) or depthwise_kinds != "S" * spatial + "RR" \
                 or pointwise_kinds != "S" * spatial + "R":
@@ -66,9 +64,7 @@ class PointwiseDepthwiseRule(dl.ScheduleRule):
         *batch, channel, out_row, out_column, kernel_row, kernel_column = sch.get_loops(conv)
         channels, width = int(sch.get(channel).extent), int(sch.get(out_column).extent)
         block = largest_divisor(channels, (CHANNEL_BLOCK, 4, 2))
-        owt = largest_divisor(width, (2 * lanes, lanes, 8, 4, 2))
-        if owt < 4 and width <= 2 * lanes:
-            owt = width  # a short row (14, 7) no 4 divides: one partial vector
+        owt = column_tile(width, lanes, 1, budget)  # the depthwise conv's tile, as Conv2dRule's
         channel_outer, channel_inner = sch.split(channel, [None, block])
         owo, owi = sch.split(out_column, [None, owt])
         sch.reorder(*batch, channel_outer, channel_inner, out_row, owo, kernel_row, kernel_column, owi)

@@ -59,6 +59,21 @@ def reads_directly(sch, consumer, producer) -> bool:
 
 
 
+def iter_kinds(sch, block) -> str:
+    """The block's iterators as a string of S (spatial) and R (reduction), outermost first."""
+    return "".join("R" if iv.iter_type == 2 else "S" for iv in sch.get(block).iter_vars)
+
+
+def column_tile(width: int, lanes: int, rows: int, budget: int) -> int:
+    """Columns of a direct conv's register tile along an output row of `width` (rows x columns
+    accumulators): two vectors, one, or 8 / 4 / 2 where they divide the row; a short row that 4 does
+    not divide (14, 7) whole, as one partial vector (beats 2-wide ones), if the budget holds it."""
+    columns = largest_divisor(width, (2 * lanes, lanes, 8, 4, 2))
+    if columns < 4 and width <= 2 * lanes and rows * -(-width // lanes) <= budget:
+        return width
+    return columns
+
+
 def row_vector_width(width: int) -> int:
     """Lanes to vectorize a row of `width` elements by: a divisor of it, as wide as 16 at most."""
     return next((d for d in (16, 14, 8, 7, 4) if width % d == 0), 1)
