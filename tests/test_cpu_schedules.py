@@ -206,3 +206,14 @@ def test_max_pool_matches_pytorch_and_pads_a_vectorized_plane(shape, kernel, str
     (pool,) = [f for gv, f in optimized.functions_items() if isinstance(f, tirx.PrimFunc)]
     assert is_scheduled(pool)
     assert ("_partition" in pool.script()) == (not ceil_mode and padding > 0)
+
+
+def test_a_classifier_gemv_keeps_several_weight_panels_in_registers():
+    """1280 -> 1000 at batch 1, weights in 8-wide panels (16 lanes do not divide 1000): tiles of 5
+    panels (40 outputs, 5 independent accumulators), so 25 parallel tiles, not 125 of one panel."""
+    graph = dense_graph(0, 1, 1280, 1000, "none")
+    compiled = slimgraph.compile(graph, check=True)
+    assert compiled.report.max_abs_diff <= 1e-4 * 1280 ** 0.5  # outputs of about 36: float32 rounding
+    _, optimized, _ = lower(graph, x86_host().tvm_target())
+    script = next(f.script() for gv, f in optimized.functions_items() if "matmul" in gv.name_hint)
+    assert "T.parallel(T.int64(25))" in script and "T.vectorized(T.int64(8))" in script

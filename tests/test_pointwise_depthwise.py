@@ -38,7 +38,8 @@ def expansion_graph(batch, cin, expanded, height, width, stride, padding=1, kern
     y = act(builder.call(aten.conv2d.default, x, w1, b1))
     y = act(builder.call(aten.conv2d.default, y, w2, b2, [stride, stride], [padding, padding], [1, 1], expanded))
     if project:
-        w3 = builder.param("project.weight", torch.randn(project, expanded, 1, 1, generator=generator) / expanded ** 0.5)
+        w3 = builder.param("project.weight",
+                           torch.randn(project, expanded, 1, 1, generator=generator) / expanded ** 0.5)
         y = builder.call(aten.conv2d.default, y, w3)
     builder.output(y)
     return builder.build()
