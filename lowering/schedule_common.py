@@ -20,6 +20,11 @@ def vector_lanes(target) -> int:
     return 4  # NEON, SSE, or nothing declared
 
 
+def thread_count(target) -> int:
+    """The cores the target declares (`num-cores`): the threads a parallel loop is split over."""
+    return max(1, int(target.attrs.get("num-cores", 1)))
+
+
 def largest_divisor(n: int, candidates) -> int:
     return next((c for c in candidates if c and n % c == 0), 1)
 

@@ -217,3 +217,43 @@ def test_a_classifier_gemv_keeps_several_weight_panels_in_registers():
     _, optimized, _ = lower(graph, x86_host().tvm_target())
     script = next(f.script() for gv, f in optimized.functions_items() if "matmul" in gv.name_hint)
     assert "T.parallel(T.int64(25))" in script and "T.vectorized(T.int64(8))" in script
+
+
+@pytest.mark.parametrize("batch, width, cores, copies", [
+    (1, 14, 2, True),    # MobileNet's 14x14 layers: one share per thread, each copying the input first
+    (2, 7, 4, True),     # batch 2 over 4 threads
+    (1, 14, 1, False),   # one core: nothing to share
+    (1, 28, 2, False),   # longer rows: read in place
+])
+def test_a_pointwise_conv_with_short_rows_copies_its_input_per_thread(batch, width, cores, copies):
+    """A 1x1 conv on short rows: the parallel loop is one share per thread, and each share copies the
+    whole input into its own buffer (allocated inside the parallel loop) before reading it."""
+    target = ('{"kind": "llvm", "mcpu": "haswell", "mattr": ["+avx2", "+fma"], "num-cores": %d}' % cores)
+    graph = conv_graph(batch, 96, 64, width - 1, 1, 1, 0, 1)  # conv_graph's maps are size x (size + 1)
+    compiled = slimgraph.compile(graph, target=target, check=True)
+    assert compiled.report.max_abs_diff <= 1e-4
+    _, optimized, _ = lower(graph, resolve_target(target).tvm_target())
+    (script,) = [f.script() for gv, f in optimized.functions_items() if "conv2d_packed" in f.script()]
+    assert ("x_global[" in script) == copies
+    assert (f"T.parallel(T.int64({cores}))" in script) == copies
+
+
+@pytest.mark.parametrize("batch, cin, cout, width, cores, splits", [
+    (1, 96, 16, 56, 2, True),    # a projection (MobileNet's 96 -> 24 at 56x56): one part per thread
+    (2, 96, 32, 7, 3, True),     # batch 2, three threads
+    (1, 97, 16, 14, 2, False),   # input channels the threads do not divide: the input copied instead
+    (1, 32, 32, 56, 2, False),   # as many inputs as outputs: no split
+    (1, 96, 16, 56, 1, False),   # one core
+])
+def test_a_projection_splits_its_input_channels_among_the_threads(batch, cin, cout, width, cores, splits):
+    """out = epilogue(sum over t of R[t]), R[t] summing thread t's part of the input channels: a
+    (cores, ..) buffer of partial outputs, each part's tasks in parallel, and the same result."""
+    target = ('{"kind": "llvm", "mcpu": "haswell", "mattr": ["+avx2", "+fma"], "num-cores": %d}' % cores)
+    graph = conv_graph(batch, cin, cout, width - 1, 1, 1, 0, 1)
+    compiled = slimgraph.compile(graph, target=target, check=True)
+    assert compiled.report.max_abs_diff <= 1e-4
+    _, optimized, _ = lower(graph, resolve_target(target).tvm_target())
+    (script,) = [f.script() for gv, f in optimized.functions_items() if "conv2d_packed" in f.script()]
+    partial = re.search(r"conv2d_packed_intermediate_rf = T.sblock_alloc_buffer\(\(T.int64\((\d+)\)", script)
+    assert (partial is not None and int(partial.group(1)) == cores) == splits
+    assert ("x_global[" in script) == (not splits and cores > 1 and width <= 14)
