@@ -50,7 +50,8 @@ from tvm.s_tir import dlight as dl
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 
 from .grouped_conv import legalize_grouped_conv2d
-from .schedule_common import attach_epilogue, register_budget, thread_count, vector_lanes
+from .schedule_common import (attach_epilogue, register_budget, schedule_sum_of_parts, split_reduction,
+                              splits_input_channels, thread_count, vector_lanes)
 
 PACKED_CONV_BLOCK = "conv2d_packed"
 LANES_ATTR = "slimgraph.lanes"  # block annotation: the channel block cb that the vector lanes cover
@@ -58,8 +59,6 @@ LANES_ATTR = "slimgraph.lanes"  # block annotation: the channel block cb that th
 # MobileNetV2 on a 2-core Xeon, in the model, without vs with the copy for rows up to 7 / 14 / 28 /
 # all: 4.82 vs 4.90 / 4.45 / - / 4.55 ms, and 4.66 vs - / 4.18 / 4.47 / 4.40 ms (two runs).
 LOCAL_COPY_MAX_WIDTH = 14
-# False: no split reduction (module docstring), for A/B measurements
-SPLIT_REDUCTION = True
 
 
 def channel_block(out_channels: int, lanes: int) -> int:
@@ -128,7 +127,10 @@ def legalize_conv2d(bb, call):
     if tile is not None:
         return legalize_winograd_conv2d(bb, call, tile, lanes)
     if prefers_nchw(call, lanes):
-        return _nn_conv2d(bb, call)
+        # a stride-2 stem (3 -> 32, 3x3) reads a plane split by column parity, in whole vectors:
+        # MobileNetV2's 0.24 -> 0.20 ms alone (TVM's conv reads every other element one lane at a time)
+        stride_w, kernel_w = int(attrs.strides[1]), int(weight.ty.shape[3])
+        return legalize_grouped_conv2d(bb, call) if stride_w == 2 and kernel_w > 1 else _nn_conv2d(bb, call)
     block = channel_block(int(weight.ty.shape[0]), lanes)
     packed = bb.emit_te(_pack_weight, weight, block, primfunc_name_hint="pack_conv_weight")
     return bb.call_te(_conv2d_packed, data, packed, [int(s) for s in attrs.strides],
@@ -181,12 +183,9 @@ class PackedConv2dRule(dl.ScheduleRule):
         threads = thread_count(target)
         in_channels = int(stmt.reads[0].source.shape[1])
         parts = []  # with the reduction split over the threads: (the part loop), and `final` sums the parts
-        if (SPLIT_REDUCTION and threads > 1 and not before and len(loops) == len(spatial) + 1
-                and in_channels >= 2 * channels and in_channels % threads == 0):
-            part, _ = sch.split(loops[-1], [threads, None])
-            final, block = block, sch.rfactor(part, 0)
-            *loops, part, inner = sch.get_loops(block)
-            loops, parts = loops + [inner], [part]
+        if not before and len(loops) == len(spatial) + 1 and splits_input_channels(in_channels, channels, threads):
+            final, (block, part, loops) = block, split_reduction(sch, block, loops[-1], threads)
+            parts = [part]
         *batch_loops, co, oh, ow = loops[:len(spatial)]
         reduction_loops = loops[len(spatial):]
         v, owt = choose_tile(channels // cb, out_w, register_budget(target))
@@ -196,7 +195,7 @@ class PackedConv2dRule(dl.ScheduleRule):
         if parts:  # the tile goes to R (module docstring); the epilogue joins the sum of the parts
             epilogue = attach_epilogue(sch, block, None, owo)
             sch.transform_layout(block, ("write", 0), lambda t, n, c, y, x: (t, n, c // cb, y, x, c % cb))
-            _schedule_sum_of_parts(sch, final, after[-1].block_rv if after else None, len(spatial))
+            schedule_sum_of_parts(sch, final, after[-1].block_rv if after else None, len(spatial))
         else:
             epilogue = attach_epilogue(sch, block, after[-1].block_rv if after else None, owo)
             sch.transform_layout(block, ("write", 0), lambda n, c, y, x: (n, c // cb, y, x, c % cb))
@@ -218,20 +217,6 @@ class PackedConv2dRule(dl.ScheduleRule):
             sch.parallel(sch.fuse(*pad_loops[:-1]) if len(pad_loops) > 2 else pad_loops[0])
         sch.decompose_reduction(block, reduction_loops[0])
         return sch
-
-def _schedule_sum_of_parts(sch, final, epilogue, spatial: int) -> None:
-    """out = epilogue(sum_t R[t, ..]): in parallel over (n, co, y), a row at a time, vectorized."""
-    *outer, row, column, part = sch.get_loops(final)[:spatial + 1]
-    sch.reorder(*outer, row, part, column)
-    if epilogue is not None:
-        sch.reverse_compute_at(epilogue, row)
-        inner = sch.get_loops(epilogue)[spatial - 1:]
-        sch.vectorize(sch.fuse(*inner) if len(inner) > 1 else inner[0])
-    sch.parallel(sch.fuse(*outer, row))
-    sch.vectorize(column)
-    sch.unroll(part)
-    sch.decompose_reduction(final, part)
-
 
 def _copy_input_per_thread(sch, block, step, threads: int, lanes: int) -> None:
     """The parallel loop as (one share per thread) x (its tasks), each thread copying the input

@@ -25,6 +25,40 @@ def thread_count(target) -> int:
     return max(1, int(target.attrs.get("num-cores", 1)))
 
 
+SPLIT_REDUCTION = True  # False: no 1x1 conv splits its input channels (for A/B measurements)
+
+
+def splits_input_channels(in_channels: int, out_channels: int, threads: int) -> bool:
+    """Does a 1x1 conv sum each thread's part of the input channels apart (`split_reduction`)? A
+    projection (at least twice as many inputs as outputs) whose input channels the threads divide."""
+    return SPLIT_REDUCTION and threads > 1 and in_channels >= 2 * out_channels and in_channels % threads == 0
+
+
+def split_reduction(sch, block, reduction, threads: int):
+    """Split the `reduction` loop of `block` into (part: threads) x (the rest) and give each part its
+    own partial output (TVM's rfactor): R[t, ..] = the sum over part t. `block` then sums the parts
+    (`schedule_sum_of_parts`). Returns (the block computing R, its part loop, its other loops)."""
+    part, _ = sch.split(reduction, [threads, None])
+    partial = sch.rfactor(part, 0)
+    *outer, part, inner = sch.get_loops(partial)
+    return partial, part, outer + [inner]
+
+
+def schedule_sum_of_parts(sch, final, epilogue, spatial: int) -> None:
+    """out = epilogue(sum_t R[t, ..]) (`split_reduction`): in parallel over the output's rows, one
+    row at a time, vectorized along it; `spatial`: the output's loops (the row and column last)."""
+    *outer, row, column, part = sch.get_loops(final)[:spatial + 1]
+    sch.reorder(*outer, row, part, column)
+    if epilogue is not None:
+        sch.reverse_compute_at(epilogue, row)
+        inner = sch.get_loops(epilogue)[spatial - 1:]
+        sch.vectorize(sch.fuse(*inner) if len(inner) > 1 else inner[0])
+    sch.parallel(sch.fuse(*outer, row))
+    sch.vectorize(column)
+    sch.unroll(part)
+    sch.decompose_reduction(final, part)
+
+
 def largest_divisor(n: int, candidates) -> int:
     return next((c for c in candidates if c and n % c == 0), 1)
 

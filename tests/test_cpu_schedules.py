@@ -96,6 +96,7 @@ def conv_graph(batch, cin, cout, size, kernel, stride, padding, groups, dilation
     (1, 8, 8, 9, 3, 2, 0, 8),         # depthwise, stride 2, no padding: no border to split off
     (1, 8, 16, 10, 3, 2, 1, 4),       # grouped, stride 2
     (1, 4, 8, 31, 1, 1, 0, 1),        # 4 multiply-adds per output, 32 columns: the NCHW rule
+    (1, 3, 32, 31, 3, 2, 1, 1),       # a MobileNet stem: 27 multiply-adds, stride 2: parity-split plane
 ])
 @pytest.mark.parametrize("target", ["x86", AVX2_TARGET], ids=["host", "avx2"])
 def test_conv_rule_matches_the_reference(batch, cin, cout, size, kernel, stride, padding, groups, target):
@@ -160,6 +161,13 @@ def test_stride2_depthwise_reads_a_parity_split_plane_with_a_branch_free_interio
     text = conv.script()
     assert "T.int64(2), T.int64(9)" in text  # pad_temp[1, 32, 17, 2, 9]: 17 columns split by parity
     assert "_partition" in text and "T.vectorized(T.int64(1), T.int64(8))" in text
+
+
+def test_a_stride2_stem_with_a_short_reduction_reads_a_parity_split_plane():
+    graph = conv_graph(1, 3, 32, 31, 3, 2, 1, 1)  # 32 columns padded to 34: two planes of 17
+    _, optimized, _ = lower(graph, resolve_target("x86").tvm_target())
+    (conv,) = [f for gv, f in optimized.functions_items() if isinstance(f, tirx.PrimFunc) and "pad_temp" in f.script()]
+    assert "T.int64(2), T.int64(17)" in conv.script() and "conv2d_packed" not in conv.script()
 
 
 @pytest.mark.parametrize("shape", [(1, 64, 56, 56), (1, 512, 7, 7), (2, 3, 5, 100), (1, 3, 224, 224), (37,)])
