@@ -56,8 +56,9 @@ from .schedule_common import (attach_epilogue, register_budget, schedule_sum_of_
 PACKED_CONV_BLOCK = "conv2d_packed"
 LANES_ATTR = "slimgraph.lanes"  # block annotation: the channel block cb that the vector lanes cover
 # A 1x1 conv with output rows this short copies its input per thread first (module docstring).
-# MobileNetV2 on a 2-core Xeon, in the model, without vs with the copy for rows up to 7 / 14 / 28 /
-# all: 4.82 vs 4.90 / 4.45 / - / 4.55 ms, and 4.66 vs - / 4.18 / 4.47 / 4.40 ms (two runs).
+# MobileNetV2 on a 2-core Xeon, one process, without vs with the copy for rows up to 7 / 14 / 28 /
+# all: 4.82 vs 4.90 / 4.45 / - / 4.55 ms and 4.66 vs - / 4.18 / 4.47 / 4.40 ms (two runs); once
+# projections split their channels instead: 3.96 vs - / 3.88 / 4.01 / 4.04 (up to 56).
 LOCAL_COPY_MAX_WIDTH = 14
 
 
