@@ -183,7 +183,7 @@ class PackedConv2dRule(dl.ScheduleRule):
         loops = sch.get_loops(block)
         threads = thread_count(target)
         in_channels = int(stmt.reads[0].source.shape[1])
-        parts = []  # with the reduction split over the threads: (the part loop), and `final` sums the parts
+        parts = []  # [the part loop] when the input channels are split among the threads; `final` then adds the parts
         if not before and len(loops) == len(spatial) + 1 and splits_input_channels(in_channels, channels, threads):
             final, (block, part, loops) = block, split_reduction(sch, block, loops[-1], threads)
             parts = [part]
@@ -218,6 +218,7 @@ class PackedConv2dRule(dl.ScheduleRule):
             sch.parallel(sch.fuse(*pad_loops[:-1]) if len(pad_loops) > 2 else pad_loops[0])
         sch.decompose_reduction(block, reduction_loops[0])
         return sch
+
 
 def _copy_input_per_thread(sch, block, step, threads: int, lanes: int) -> None:
     """The parallel loop as (one share per thread) x (its tasks), each thread copying the input
