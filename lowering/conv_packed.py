@@ -183,8 +183,9 @@ class PackedConv2dRule(dl.ScheduleRule):
         loops = sch.get_loops(block)
         threads = thread_count(target)
         in_channels = int(stmt.reads[0].source.shape[1])
+        pointwise = not before and len(loops) == len(spatial) + 1  # a 1x1 conv without padding
         parts = []  # [the part loop] when the input channels are split among the threads; `final` then adds the parts
-        if not before and len(loops) == len(spatial) + 1 and splits_input_channels(in_channels, channels, threads):
+        if pointwise and splits_input_channels(in_channels, channels, threads):
             final, (block, part, loops) = block, split_reduction(sch, block, loops[-1], threads)
             parts = [part]
         *batch_loops, co, oh, ow = loops[:len(spatial)]
@@ -206,7 +207,7 @@ class PackedConv2dRule(dl.ScheduleRule):
             sch.reorder(epilogue_blocks, column_loop, epilogue_lanes)
             sch.vectorize(epilogue_lanes)
         step = sch.fuse(*parts, *batch_loops, coo, oh)
-        if not parts and threads > 1 and not before and len(reduction_loops) == 1 and out_w <= LOCAL_COPY_MAX_WIDTH:
+        if pointwise and not parts and threads > 1 and out_w <= LOCAL_COPY_MAX_WIDTH:
             _copy_input_per_thread(sch, block, step, threads, cb)
         else:
             sch.parallel(step)
