@@ -12,8 +12,19 @@ alpha x alpha tile of inputs (alpha = m + 2) with alpha^2 multiplies per (ci, co
 Legalization (`legalize_winograd_conv2d`): the weight transform is a kernel on a constant
 (FoldConstant runs it once), packed as Up[eps, nu, co // cb, ci, co % cb] with cb the target's
 fp32 lanes; the rest is one kernel with the conv's fused epilogue. m = 4 where it divides the map
-and a row holds at least MIN_TILES_PER_ROW tiles (ResNet-18's 56 x 56), else m = 2; tiles past
-the map's edge read zeros and their outputs are not stored (7 x 7 = 4 x 4 tiles of 2).
+and the call has at least MIN_TILES tiles of 4 (ResNet-18's 56 x 56 and 28 x 28), else m = 2;
+tiles past the map's edge read zeros and their outputs are not stored (9 x 13 = 5 x 7 tiles of 2).
+
+Weight reuse (MIN_TILES): the transformed weights, alpha^2 / 9 times the direct conv's bytes
+(16/9 with m = 2, 4 with m = 4), are read once per call and each is used once per tile. In a
+whole model they come from memory, not cache (the other layers' weights evicted them), so with few
+tiles their bytes, not the multiplies, set the time. Measured in one process on an Intel Xeon
+(AVX-512, 2 cores), ResNet-18 whole model, alternated against ONNX Runtime: layer4's 7 x 7 convs
+(16 tiles of 2, 16.8 MB of transformed weights per 512-channel conv) as Winograd 11.42 ms, as the
+packed direct conv (9.4 MB) 10.86; layer3's 14 x 14 (49 tiles) is faster as Winograd (direct:
+11.88 vs 11.34 ms); 28 x 28 with m = 4 (49 tiles, 2.4 MB) instead of m = 2 (196 tiles, 1 MB)
+10.32 vs 10.86 ms. (On the AMD Zen 4 host of earlier sessions the 7 x 7 Winograd had measured
+12.8 vs 13.1 ms, faster, against an older direct conv; not re-measured there.)
 
 Which convs (`winograd_tile`): fp32 NCHW 3x3 convs with stride 1, dilation 1, padding 1, at least
 MIN_IN_CHANNELS inputs, output channels in blocks of at least 4, and at least MIN_MULTIPLY_ADDS
@@ -62,7 +73,7 @@ TRANSFORMS = {
 LONGEST_VECTOR = 16  # tile columns one vector of the data transform covers, at most
 MIN_IN_CHANNELS = 16  # below, the GEMMs' reduction is too short to pay for the transforms
 MIN_MULTIPLY_ADDS = 1 << 22  # a direct conv's; at 2.4 M the two were level (module docstring)
-MIN_TILES_PER_ROW = 8  # m = 4 only where a row holds this many tiles (a 56-wide map; 28 -> m = 2)
+MIN_TILES = 32  # tiles per call that reuse each transformed weight, at least (module docstring)
 
 
 def winograd_tile(call, lanes: int) -> int | None:
@@ -70,7 +81,7 @@ def winograd_tile(call, lanes: int) -> int | None:
     attrs = call.attrs
     if not all(isinstance(e, tirx.IntImm) for e in [*call.args[0].ty.shape, *call.args[1].ty.shape]):
         return None  # a symbolic size: the tiling needs them all
-    _, in_channels, height, width = (int(e) for e in call.args[0].ty.shape)
+    batch, in_channels, height, width = (int(e) for e in call.args[0].ty.shape)
     out_channels, _, kernel_h, kernel_w = (int(e) for e in call.args[1].ty.shape)
     if ((kernel_h, kernel_w) != (3, 3) or [int(s) for s in attrs.strides] != [1, 1]
             or [int(d) for d in attrs.dilation] != [1, 1] or [int(p) for p in attrs.padding] != [1] * 4
@@ -78,9 +89,11 @@ def winograd_tile(call, lanes: int) -> int | None:
             or channel_block(out_channels, lanes) < min(lanes, 4)
             or in_channels * out_channels * height * width * 9 < MIN_MULTIPLY_ADDS):
         return None
-    if height % 4 == 0 and width % 4 == 0 and width // 4 >= MIN_TILES_PER_ROW:
+    if height % 4 == 0 and width % 4 == 0 and batch * (height // 4) * (width // 4) >= MIN_TILES:
         return 4
-    return 2  # the last row / column of tiles may reach past the map (7 = 4 tiles of 2)
+    if batch * -(-height // 2) * -(-width // 2) >= MIN_TILES:
+        return 2  # the last row / column of tiles may reach past the map (9 = 5 tiles of 2)
+    return None  # too few tiles: the weights' bytes outweigh the multiplies saved
 
 
 def _linear(terms):

@@ -14,7 +14,7 @@ from slimgraph.lowering import lower
 from slimgraph.lowering.cpu_schedules import is_scheduled
 from slimgraph.lowering.conv_packed import channel_block, choose_tile
 from slimgraph.lowering.schedule_common import register_budget, vector_lanes
-from slimgraph.lowering.winograd import MIN_MULTIPLY_ADDS
+from slimgraph.lowering.winograd import MIN_MULTIPLY_ADDS, MIN_TILES
 
 aten = torch.ops.aten
 
@@ -114,7 +114,8 @@ def test_conv_rule_matches_the_reference(batch, cin, cout, size, kernel, stride,
     lanes = vector_lanes(resolve_target(target).tvm_target())
     short_reduction = cin * kernel * kernel <= 2 * lanes and out_width % min(lanes, 8) == 0
     takes_winograd = ((kernel, stride, padding, dilation, groups) == (3, 1, 1, 1, 1) and cin >= 16  # test_winograd.py
-                      and cin * cout * size * (size + 1) * 9 >= MIN_MULTIPLY_ADDS)
+                      and cin * cout * size * (size + 1) * 9 >= MIN_MULTIPLY_ADDS
+                      and batch * -(-size // 2) * -(-(size + 1) // 2) >= MIN_TILES)
     assert bool(winograd) == takes_winograd
     assert bool(packed) == (groups == 1 and not short_reduction and not takes_winograd)
 

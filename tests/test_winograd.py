@@ -49,12 +49,13 @@ def conv_graph(batch, channels, out_channels, height, width, epilogue):
 
 @pytest.mark.parametrize("batch, channels, out_channels, height, width, epilogue, m", [
     (1, 64, 64, 56, 56, "residual", 4),   # ResNet-18's layer1 conv: 14 tiles of 4 per row
-    (1, 32, 32, 32, 32, "relu6", 4),      # 8 tiles per row: the fewest that m = 4 takes
-    (2, 32, 32, 28, 28, "residual", 2),   # batch 2; 28 wide: 7 tiles of 4, too few, so m = 2
-    (1, 128, 128, 14, 14, "none", 2),     # ResNet-18's layer3 size: 7 tiles per row
+    (1, 32, 32, 32, 32, "relu6", 4),      # 8 x 8 tiles of 4
+    (2, 32, 32, 28, 28, "residual", 4),   # batch 2; ResNet-18's layer2 size: 7 x 7 tiles of 4 per image
+    (1, 48, 48, 16, 16, "relu6", 2),      # 4 x 4 tiles of 4 are too few (MIN_TILES): 8 x 8 tiles of 2
+    (1, 128, 128, 14, 14, "none", 2),     # ResNet-18's layer3 size: 14 is no multiple of 4
     (1, 32, 24, 28, 30, "relu6", 2),      # 24 output channels: blocks of 8 lanes; not square
     (1, 20, 20, 32, 40, "none", 4),       # 20 channels: blocks of 4; 40 wide: 10 tiles per row
-    (1, 128, 128, 7, 7, "residual", 2),   # ResNet-18's layer4 size: 4 x 4 tiles of 2 reach past the map
+    (2, 128, 128, 7, 7, "residual", 2),   # batch 2 at ResNet-18's layer4 size: 2 x 4 x 4 tiles of 2 reach past the map
     (2, 64, 64, 9, 13, "relu6", 2),       # batch 2, odd sides
 ])
 @pytest.mark.parametrize("target", ["x86", AVX2_TARGET], ids=["host", "avx2"])
@@ -80,8 +81,10 @@ def Conv(channels=64, out_channels=64, size=56, kernel=3, stride=1, padding=1, d
 
 
 @pytest.mark.parametrize("conv, lanes, expected", [
-    (Conv(), 16, 4), (Conv(size=28), 16, 2), (Conv(size=14), 16, 2),
-    (Conv(channels=128, out_channels=128, size=7), 16, 2),  # 7 rows: the last tile reaches past the map
+    (Conv(), 16, 4), (Conv(size=28), 16, 4), (Conv(size=14), 16, 2),
+    (Conv(channels=128, out_channels=128, size=16), 16, 2),  # 16 tiles of 4 are too few; 64 of 2
+    (Conv(channels=512, out_channels=512, size=7), 16, None),  # ResNet-18's layer4: 16 tiles of 2, too few
+    (Conv(channels=128, out_channels=128, size=11), 16, 2),  # 11 rows: the last tile reaches past the map
     (Conv(size=7), 16, None),             # 1.8 M multiply-adds: too little work for four parallel steps
     (Conv(channels=16, out_channels=32, size=8), 16, None),  # the digit CNN's second conv
     (Conv(stride=2), 16, None), (Conv(padding=0), 16, None), (Conv(dilation=2), 16, None),
@@ -101,13 +104,14 @@ def test_a_symbolic_size_keeps_the_direct_conv():
 
 
 def test_resnet18_uses_winograd_where_it_applies(tmp_path):
-    """Its 3x3 stride-1 convs take Winograd (8 distinct kernels: with and without the residual add,
-    per map size); the stem, the stride-2 convs and the 1x1 downsamples keep the packed direct conv."""
+    """Its 3x3 stride-1 convs on 56, 28 and 14 wide maps take Winograd (6 distinct kernels: with and
+    without the residual add, per map size); layer4's 7 x 7 ones (16 tiles: MIN_TILES), the stem, the
+    stride-2 convs and the 1x1 downsamples keep the packed direct conv."""
     compiled = slimgraph.compile("resnet18", dump_dir=tmp_path, check=True)
     assert compiled.report.max_abs_diff <= 1e-4
     optimized = (tmp_path / "relax-optimized.py").read_text()
-    assert optimized.count(f'sblock("{GEMM_BLOCK}_update"') == 8
-    assert optimized.count('sblock("conv2d_packed_update"') == 7
+    assert optimized.count(f'sblock("{GEMM_BLOCK}_update"') == 6
+    assert optimized.count('sblock("conv2d_packed_update"') == 9
 
 
 @pytest.mark.skipif(not aarch64.can_run(),
@@ -128,7 +132,7 @@ def test_a_winograd_kernel_tunes_and_the_database_replays_it(tmp_path):
     a later compile applies the record without search and still matches PyTorch."""
     from slimgraph.codegen.tuning import TuningOptions
 
-    graph = conv_graph(1, 32, 32, 24, 24, "residual")
+    graph = conv_graph(1, 32, 32, 22, 22, "residual")  # m = 2: 11 x 11 tiles
     database = tmp_path / "db"
     tuned = slimgraph.compile(graph, tuning=TuningOptions(trials=2, database=database), check=True)
     assert tuned.report.max_abs_diff <= 1e-5 and len(tuned.report.kernels) == 1
