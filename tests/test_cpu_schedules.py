@@ -228,6 +228,31 @@ def test_a_classifier_gemv_keeps_several_weight_panels_in_registers():
     assert "T.parallel(T.int64(25))" in script and "T.vectorized(T.int64(8))" in script
 
 
+@pytest.mark.parametrize("batch, cin, size, stride, cores", [
+    (1, 64, 55, 2, 2),   # ResNet-18's first stride-2 conv (56 x 56 -> 28 x 28)
+    (2, 20, 9, 1, 3),    # batch 2, three threads, channels no block divides
+    (1, 16, 13, 2, 1),   # one core: the padding stays one shared parallel pass
+])
+def test_a_padded_conv_pads_its_input_once_per_thread(batch, cin, size, stride, cores):
+    """With T > 1 threads the parallel loop is one share per thread, and the padding block runs
+    inside it (each thread pads the whole input into its own buffer, allocated in the parallel
+    loop's body); with one core the padding is its own parallel loop before the conv's."""
+    target = ('{"kind": "llvm", "mcpu": "haswell", "mattr": ["+avx2", "+fma"], "num-cores": %d}' % cores)
+    graph = conv_graph(batch, cin, 24, size, 3, stride, 1, 1)
+    compiled = slimgraph.compile(graph, target=target, check=True)
+    assert compiled.report.max_abs_diff <= 1e-4
+    _, optimized, _ = lower(graph, resolve_target(target).tvm_target())
+    (script,) = [f.script() for gv, f in optimized.functions_items() if "conv2d_packed" in f.script()]
+    parallel_loops = re.findall(r"^( *)for \w+ in T\.parallel\(T\.int64\((\d+)\)\):\n\1    for .*\n(?:.*\n){0,3}? *with T\.sblock\(\"(\w+)\"\)",
+                                script, re.MULTILINE)
+    blocks_under_parallel = {(int(extent), block) for _, extent, block in parallel_loops}
+    if cores > 1:
+        assert (cores, "pad_temp") in blocks_under_parallel
+    else:
+        assert all(block != "pad_temp" or extent != cores for extent, block in blocks_under_parallel)
+        assert script.index("pad_temp[") < script.index("conv2d_packed_init")
+
+
 @pytest.mark.parametrize("batch, width, cores, copies", [
     (1, 14, 2, True),    # MobileNet's 14x14 layers: one share per thread, each copying the input first
     (2, 7, 4, True),     # batch 2 over 4 threads
