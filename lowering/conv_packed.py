@@ -22,6 +22,17 @@ in registers over the whole reduction: the output tile is re-laid out as [.., cv
 fused epilogue (bias, residual add, activation) reads it cb lanes at a time and writes it back to
 NCHW once per tile.
 
+A conv whose task weights are large (ResNet-18's layer4: 64 output channels x 512 x 3 x 3 = 1.2 MB
+per task) reads them from memory in the model, where the other layers' weights evicted them; in
+the order above a task streams all of them during its first row (the next rows find them in L2),
+a burst the memory cannot feed. So the input channels split into chunks (`_weight_chunk`: at most
+WEIGHT_CHUNK_BYTES of weights, which stay in L1) and the chunk loop goes outside the rows:
+
+    order (n, coo | chunk, oh, owo, ci in chunk, kh, kw, cv, owt, cl);  (n, coo) parallel
+
+each (oh, owo) tile adding one chunk's sum to its accumulators in the tile buffer (coo's v x cb
+channels x the whole map, 12.5 KB at 7x7), and the epilogue runs once per coo after the last chunk.
+
 A 1x1 conv whose output rows are short (MobileNet's 14x14 and 7x7 layers) reads its input in
 pieces of one row per channel, a few cache lines apart; half of those lines were written by the
 other core (the depthwise conv before it runs in parallel over channels), and fetched one by one
@@ -68,6 +79,13 @@ LANES_ATTR = "slimgraph.lanes"  # block annotation: the channel block cb that th
 LOCAL_COPY_MAX_WIDTH = 14
 # A padded conv pads its whole input once per thread, in the thread's own buffer (module docstring).
 PAD_PER_THREAD = True
+# A task whose weights (v x cb output channels) pass CHUNKED_WEIGHT_BYTES goes through them in chunks
+# of input channels of at most WEIGHT_CHUNK_BYTES, each used for all its rows (module docstring).
+# ResNet-18, one process, chunks of 256 / 64 / 32 / 16 KB vs none: 10.22 / 10.10 / 10.01 / - vs 10.36
+# ms and - / - / 9.29 / 9.26 vs 9.56 (two runs); also chunking tasks from 128 KB on: 9.34.
+CHUNKED_WEIGHTS = True
+CHUNKED_WEIGHT_BYTES = 1 << 19
+WEIGHT_CHUNK_BYTES = 1 << 15
 
 
 def channel_block(out_channels: int, lanes: int) -> int:
@@ -201,20 +219,27 @@ class PackedConv2dRule(dl.ScheduleRule):
         v, owt = choose_tile(channels // cb, out_w, register_budget(target))
         coo, cv, cl = sch.split(co, [None, v, cb])
         owo, owi = sch.split(ow, [None, owt])
-        sch.reorder(*parts, *batch_loops, coo, oh, owo, *reduction_loops, cv, owi, cl)
+        chunk = None if parts or pointwise else _weight_chunk(
+            in_channels, [int(sch.get(loop).extent) for loop in reduction_loops[1:]], v * cb)
+        if chunk:  # the weights in chunks of input channels, each used for every row (module docstring)
+            chunk_loop, channel_in_chunk = sch.split(reduction_loops[0], [None, chunk])
+            reduction_loops = [chunk_loop, channel_in_chunk, *reduction_loops[1:]]
+            sch.reorder(*batch_loops, coo, chunk_loop, oh, owo, *reduction_loops[1:], cv, owi, cl)
+        else:
+            sch.reorder(*parts, *batch_loops, coo, oh, owo, *reduction_loops, cv, owi, cl)
         if parts:  # the tile goes to R (module docstring); the epilogue joins the sum of the parts
             epilogue = attach_epilogue(sch, block, None, owo)
             sch.transform_layout(block, ("write", 0), lambda t, n, c, y, x: (t, n, c // cb, y, x, c % cb))
             schedule_sum_of_parts(sch, final, after[-1].block_rv if after else None, len(spatial))
         else:
-            epilogue = attach_epilogue(sch, block, after[-1].block_rv if after else None, owo)
+            epilogue = attach_epilogue(sch, block, after[-1].block_rv if after else None, coo if chunk else owo)
             sch.transform_layout(block, ("write", 0), lambda n, c, y, x: (n, c // cb, y, x, c % cb))
-        channel_loop, column_loop = sch.get_loops(epilogue)[-2:]  # the epilogue reads the tile by lanes too
-        if cb >= 4 and [int(sch.get(loop).extent) for loop in (channel_loop, column_loop)] == [v * cb, owt]:
+        channel_loop, *row_loop, column_loop = sch.get_loops(epilogue)[-3 if chunk else -2:]  # by lanes too
+        if cb >= 4 and [int(sch.get(loop).extent) for loop in (channel_loop, column_loop)] == [v * cb, out_w if chunk else owt]:
             epilogue_blocks, epilogue_lanes = sch.split(channel_loop, [None, cb])
-            sch.reorder(epilogue_blocks, column_loop, epilogue_lanes)
+            sch.reorder(epilogue_blocks, *row_loop, column_loop, epilogue_lanes)
             sch.vectorize(epilogue_lanes)
-        step = sch.fuse(*parts, *batch_loops, coo, oh)
+        step = sch.fuse(*parts, *batch_loops, coo, *([] if chunk else [oh]))
         pad_per_thread = PAD_PER_THREAD and len(before) == 1 and threads > 1
         if pointwise and not parts and threads > 1 and out_w <= LOCAL_COPY_MAX_WIDTH:
             _copy_input_per_thread(sch, block, step, threads, cb)
@@ -232,6 +257,16 @@ class PackedConv2dRule(dl.ScheduleRule):
             sch.parallel(sch.fuse(*pad_loops[:-1]) if len(pad_loops) > 2 else pad_loops[0])
         sch.decompose_reduction(block, reduction_loops[0])
         return sch
+
+
+def _weight_chunk(in_channels: int, kernel: list[int], out_block: int) -> int | None:
+    """Input channels per chunk of the weights when a task's weights (out_block output channels)
+    exceed CHUNKED_WEIGHT_BYTES: the most whose chunk fits WEIGHT_CHUNK_BYTES; else None."""
+    per_channel = out_block * 4 * (kernel[0] * kernel[1] if len(kernel) == 2 else 1)
+    if not CHUNKED_WEIGHTS or in_channels * per_channel <= CHUNKED_WEIGHT_BYTES:
+        return None
+    fitting = [d for d in range(1, in_channels) if in_channels % d == 0 and d * per_channel <= WEIGHT_CHUNK_BYTES]
+    return max(fitting, default=None)
 
 
 def _copy_input_per_thread(sch, block, step, threads: int, lanes: int) -> None:
