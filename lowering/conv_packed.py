@@ -234,8 +234,10 @@ class PackedConv2dRule(dl.ScheduleRule):
         else:
             epilogue = attach_epilogue(sch, block, after[-1].block_rv if after else None, coo if chunk else owo)
             sch.transform_layout(block, ("write", 0), lambda n, c, y, x: (n, c // cb, y, x, c % cb))
-        channel_loop, *row_loop, column_loop = sch.get_loops(epilogue)[-3 if chunk else -2:]  # by lanes too
-        if cb >= 4 and [int(sch.get(loop).extent) for loop in (channel_loop, column_loop)] == [v * cb, out_w if chunk else owt]:
+        # the epilogue reads the tile by lanes too: (channels, columns) of a tile, or of coo's map with chunks
+        channel_loop, *row_loop, column_loop = sch.get_loops(epilogue)[-3 if chunk else -2:]
+        tile_extents = [v * cb, out_w if chunk else owt]
+        if cb >= 4 and [int(sch.get(loop).extent) for loop in (channel_loop, column_loop)] == tile_extents:
             epilogue_blocks, epilogue_lanes = sch.split(channel_loop, [None, cb])
             sch.reorder(epilogue_blocks, *row_loop, column_loop, epilogue_lanes)
             sch.vectorize(epilogue_lanes)

@@ -229,7 +229,7 @@ def test_a_classifier_gemv_keeps_several_weight_panels_in_registers():
 
 
 @pytest.mark.parametrize("batch, cin, cout, size, stride, chunks", [
-    (1, 512, 64, 6, 1, 32),     # layer4-like, 64 outputs: 2 x 16 channels x 512 x 9 x 4 B = 576 KiB a task; 16 inputs a chunk
+    (1, 512, 64, 6, 1, 32),     # layer4-like: 2 x 16 outputs x 512 x 9 x 4 B = 576 KiB a task; 16 inputs a chunk
     (2, 320, 48, 9, 2, 20),     # batch 2, stride 2, 320 inputs: 3 x 16 channels x 320 x 9 x 4 B = 540 KiB; 16 a chunk
     (1, 128, 64, 13, 2, None),  # 2 x 16 channels x 128 x 9 x 4 B = 144 KiB a task: no chunks
 ])
@@ -261,8 +261,9 @@ def test_a_padded_conv_pads_its_input_once_per_thread(batch, cin, size, stride, 
     assert compiled.report.max_abs_diff <= 1e-4
     _, optimized, _ = lower(graph, resolve_target(target).tvm_target())
     (script,) = [f.script() for gv, f in optimized.functions_items() if "conv2d_packed" in f.script()]
-    parallel_loops = re.findall(r"^( *)for \w+ in T\.parallel\(T\.int64\((\d+)\)\):\n\1    for .*\n(?:.*\n){0,3}? *with T\.sblock\(\"(\w+)\"\)",
-                                script, re.MULTILINE)
+    parallel_loops = re.findall(  # (indent, extent, the first block under the parallel loop)
+        r"^( *)for \w+ in T\.parallel\(T\.int64\((\d+)\)\):\n\1    for .*\n(?:.*\n){0,3}? *with T\.sblock\(\"(\w+)\"\)",
+        script, re.MULTILINE)
     blocks_under_parallel = {(int(extent), block) for _, extent, block in parallel_loops}
     if cores > 1:
         assert (cores, "pad_temp") in blocks_under_parallel
