@@ -62,6 +62,8 @@ after the kernel that feeds it: 237 us without, 119 us with (alone: 133 / 115 us
 """
 from __future__ import annotations
 
+import math
+
 from tvm import s_tir, tirx
 from tvm.s_tir import dlight as dl
 from tvm.s_tir.dlight.analysis import normalize_prim_func
@@ -264,7 +266,7 @@ class PackedConv2dRule(dl.ScheduleRule):
 def _weight_chunk(in_channels: int, kernel: list[int], out_block: int) -> int | None:
     """Input channels per chunk of the weights when a task's weights (out_block output channels)
     exceed CHUNKED_WEIGHT_BYTES: the most whose chunk fits WEIGHT_CHUNK_BYTES; else None."""
-    per_channel = out_block * 4 * (kernel[0] * kernel[1] if len(kernel) == 2 else 1)
+    per_channel = out_block * 4 * math.prod(kernel)  # fp32 bytes of one input channel's weights
     if not CHUNKED_WEIGHTS or in_channels * per_channel <= CHUNKED_WEIGHT_BYTES:
         return None
     fitting = [d for d in range(1, in_channels) if in_channels % d == 0 and d * per_channel <= WEIGHT_CHUNK_BYTES]
