@@ -40,7 +40,9 @@ from there they cost about 1 us per KB (MobileNetV2's 576 -> 96 projection at 14
 right after the depthwise conv that feeds it: 172 us, 59 us alone). So with T > 1 threads
 (the target's num-cores) the parallel loop becomes (t: T) x (its share of (n, coo, oh)), and
 thread t first copies the whole input into its own buffer with one streaming loop (the same
-kernel pair: 90 us).
+kernel pair: 90 us). Not a strided 1x1 conv (ResNet's downsample): it reads a quarter of its input,
+and copying all of it took longer than the conv (1x1 / 2, 128 -> 256 at 28x28: 158 us alone with
+the copy, 46 without; ResNet-18 on a 2-core Xeon, one process, alternated: 10.56 vs 10.32 ms).
 
 A conv with padding does the same with its padding step: rather than a parallel pass writing one
 shared padded input (each thread's part then read by every thread), thread t pads the whole input
@@ -245,7 +247,8 @@ class PackedConv2dRule(dl.ScheduleRule):
             sch.vectorize(epilogue_lanes)
         step = sch.fuse(*parts, *batch_loops, coo, *([] if chunk else [oh]))
         pad_per_thread = PAD_PER_THREAD and len(before) == 1 and threads > 1
-        if pointwise and not parts and threads > 1 and out_w <= LOCAL_COPY_MAX_WIDTH:
+        strided = int(stmt.reads[0].source.shape[3]) != out_w  # a strided 1x1 conv reads part of its input
+        if pointwise and not parts and threads > 1 and out_w <= LOCAL_COPY_MAX_WIDTH and not strided:
             _copy_input_per_thread(sch, block, step, threads, cb)
         elif pad_per_thread:
             thread, _ = sch.split(step, [threads, None])

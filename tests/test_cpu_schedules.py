@@ -273,17 +273,20 @@ def test_a_padded_conv_pads_its_input_once_per_thread(batch, cin, size, stride, 
         assert script.index("pad_temp[") < script.index("conv2d_packed_init")
 
 
-@pytest.mark.parametrize("batch, width, cores, copies", [
-    (1, 14, 2, True),    # MobileNet's 14x14 layers: one share per thread, each copying the input first
-    (2, 7, 4, True),     # batch 2 over 4 threads
-    (1, 14, 1, False),   # one core: nothing to share
-    (1, 28, 2, False),   # longer rows: read in place
+@pytest.mark.parametrize("batch, width, stride, cores, copies", [
+    (1, 14, 1, 2, True),    # MobileNet's 14x14 layers: one share per thread, each copying the input first
+    (2, 7, 1, 4, True),     # batch 2 over 4 threads
+    (1, 14, 1, 1, False),   # one core: nothing to share
+    (1, 28, 1, 2, False),   # longer rows: read in place
+    (1, 14, 2, 2, False),   # ResNet's stride-2 downsample reads a quarter of its input: in place
 ])
-def test_a_pointwise_conv_with_short_rows_copies_its_input_per_thread(batch, width, cores, copies):
+def test_a_pointwise_conv_with_short_rows_copies_its_input_per_thread(batch, width, stride, cores, copies):
     """A 1x1 conv on short rows: the parallel loop is one share per thread, and each share copies the
-    whole input into its own buffer (allocated inside the parallel loop) before reading it."""
+    whole input into its own buffer (allocated inside the parallel loop) before reading it; not when
+    a stride skips most of the input."""
     target = ('{"kind": "llvm", "mcpu": "haswell", "mattr": ["+avx2", "+fma"], "num-cores": %d}' % cores)
-    graph = conv_graph(batch, 96, 64, width - 1, 1, 1, 0, 1)  # conv_graph's maps are size x (size + 1)
+    size = stride * width - 1  # conv_graph's maps are size x (size + 1)
+    graph = conv_graph(batch, 96, 64, size, 1, stride, 0, 1)
     compiled = slimgraph.compile(graph, target=target, check=True)
     assert compiled.report.max_abs_diff <= 1e-4
     _, optimized, _ = lower(graph, resolve_target(target).tvm_target())
