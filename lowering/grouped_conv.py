@@ -16,7 +16,12 @@ first and end column of the last axis, where every element is a copy of the inpu
 parity). `schedule_padding` partitions the loops there: the interior copy has no condition and
 is vectorized, the border is a constant store. (An `if_then_else` per element kept the padding
 scalar and branchy: 96 channels at 112x112 with stride 2, 0.72 ms, of which the conv itself
-0.33 ms.)
+0.33 ms.) In a parity-split plane the parity loop goes inside the column loop and the interior
+columns are left to LLVM's loop vectorizer: each step copies x[2q - left + p] for p = 0, 1, an
+interleaved pair that LLVM reads as whole vectors and splits by shuffles, where a vectorized
+loop per parity read every other element (a gather). ResNet-18's 3x3 / 2 max pool at 112x112
+alone: 0.118 -> 0.080 ms; MobileNetV2's stride-2 depthwise convs at 112x112 (96 channels) and
+56x56 (144): 0.184 -> 0.142 and 0.089 -> 0.060 ms (2-core Xeon).
 """
 from __future__ import annotations
 
@@ -88,19 +93,24 @@ def legalize_grouped_conv2d(bb, call):
 
 
 def schedule_padding(sch, block, vector_width: int) -> bool:
-    """Split the padding stage's two innermost loops at its interior (module docstring), and
-    vectorize the interior columns; False when `block` has no interior annotation."""
+    """Split the padding stage's row and column loops at its interior (module docstring), and
+    vectorize the interior columns (a parity-split plane's: by LLVM, the parity loop inside);
+    False when `block` has no interior annotation."""
     interior = sch.get(block).annotations.get(INTERIOR_ATTR)
     if interior is None:
         return False
     row_first, row_end, column_first, column_end = (int(v) for v in interior)
-    rows = sch.get_loops(block)[-plane_depth(sch, block)]
+    depth = plane_depth(sch, block)
+    if depth == 3:  # a parity-split plane: both parities of a column pair in one step (module docstring)
+        *_, parity, columns = sch.get_loops(block)
+        sch.reorder(columns, parity)
+    rows = sch.get_loops(block)[-depth]
     row_parts = _partition(sch, rows, row_first, row_end)
     for interior_block in sch.get_child_blocks(row_parts[1 if row_first else 0]):
-        columns = sch.get_loops(interior_block)[-1]
+        columns = sch.get_loops(interior_block)[-2 if depth == 3 else -1]
         column_parts = _partition(sch, columns, column_first, column_end)
         interior_columns = column_parts[1 if column_first else 0]
-        if vector_width >= 4 and int(sch.get(interior_columns).extent) >= 4:
+        if depth == 2 and vector_width >= 4 and int(sch.get(interior_columns).extent) >= 4:
             sch.vectorize(interior_columns)  # a partitioned loop cannot be split; LLVM splits the vector
     return True
 
