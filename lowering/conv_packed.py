@@ -32,6 +32,8 @@ WEIGHT_CHUNK_BYTES of weights, which stay in L1) and the chunk loop goes outside
 
 each (oh, owo) tile adding one chunk's sum to its accumulators in the tile buffer (coo's v x cb
 channels x the whole map, 12.5 KB at 7x7), and the epilogue runs once per coo after the last chunk.
+Small chunks (8 KiB: two input channels at layer4) keep the first row's burst short, the
+accumulators' extra trips through L1 cost little, and the weights then stream almost evenly.
 
 A 1x1 conv whose output rows are short (MobileNet's 14x14 and 7x7 layers) reads its input in
 pieces of one row per channel, a few cache lines apart; half of those lines were written by the
@@ -94,10 +96,11 @@ PAD_PER_THREAD = True
 # A task whose weights (v x cb output channels) pass CHUNKED_WEIGHT_BYTES goes through them in chunks
 # of input channels of at most WEIGHT_CHUNK_BYTES, each used for all its rows (module docstring).
 # ResNet-18, one process, chunks of 256 / 64 / 32 / 16 KB vs none: 10.22 / 10.10 / 10.01 / - vs 10.36
-# ms and - / - / 9.29 / 9.26 vs 9.56 (two runs); also chunking tasks from 128 KB on: 9.34.
+# ms and - / - / 9.29 / 9.26 vs 9.56 (two runs); also chunking tasks from 128 KB on: 9.34. Later,
+# 8 vs 32 KB: 8.03 vs 8.11 and 7.99 vs 8.07 ms (layer4's 3x3 alone with flushed caches 0.64 vs 0.70).
 CHUNKED_WEIGHTS = True
 CHUNKED_WEIGHT_BYTES = 1 << 19
-WEIGHT_CHUNK_BYTES = 1 << 15
+WEIGHT_CHUNK_BYTES = 1 << 13
 
 
 def channel_block(out_channels: int, lanes: int) -> int:

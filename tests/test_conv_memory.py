@@ -12,8 +12,8 @@ from slimgraph.tests.test_cpu_schedules import AVX2_TARGET, conv_graph
 
 
 @pytest.mark.parametrize("batch, cin, cout, size, stride, chunks", [
-    (1, 512, 32, 11, 2, 32),    # 4 x 8 outputs x 512 x 9 x 4 B = 576 KiB a task: 16 inputs a chunk
-    (2, 480, 32, 15, 2, 20),    # batch 2, 480 inputs: 540 KiB a task, 24 inputs a chunk
+    (1, 512, 32, 11, 2, 128),   # 4 x 8 outputs x 512 x 9 x 4 B = 576 KiB a task: 4 inputs a chunk
+    (2, 480, 32, 15, 2, 80),    # batch 2, 480 inputs: 540 KiB a task, 6 inputs a chunk
     (1, 128, 64, 13, 2, None),  # 8 outputs x 128 x 9 x 4 B = 36 KiB a task: no chunks
 ])
 def test_a_conv_with_large_task_weights_goes_through_them_in_chunks(batch, cin, cout, size, stride, chunks):
