@@ -142,9 +142,15 @@ def prefers_nchw(call, lanes: int) -> bool:
     1x1 expansions) whose width 8 divides: the output store dominates there, and the NCHW rule's
     contiguous stores along the width beat the packed conv's epilogue across channels (measured
     in the whole model: 16->96 at 112x112 0.85-1.06 vs 1.5-2.6 ms; 24->144 at 56x56, two calls,
-    0.95-1.0 vs 1.48 ms); with larger reductions the packed conv was faster on every shape tried."""
+    0.95-1.0 vs 1.48 ms); with larger reductions the packed conv was faster on every shape tried.
+    Not a strided conv (MobileNetV2's 3 -> 32 stem, 3x3 / 2): the NCHW rule's vectors along the
+    width would read every other input, while the packed conv broadcasts its inputs one by one.
+    Alone 0.124 ms, against 0.201 for the NCHW rule on a plane split by column parity and 0.24 for
+    TVM's conv; in the model 0.163 vs 0.218 (the depthwise conv after it 0.108 vs 0.097)."""
     _, in_channels, kernel_h, kernel_w = (int(e) for e in call.args[1].ty.shape)
-    return in_channels * kernel_h * kernel_w <= 2 * lanes and int(call.ty.shape[3]) % min(lanes, 8) == 0
+    strided = any(int(stride) > 1 for stride in call.attrs.strides)
+    return (not strided and in_channels * kernel_h * kernel_w <= 2 * lanes
+            and int(call.ty.shape[3]) % min(lanes, 8) == 0)
 
 
 def legalize_conv2d(bb, call):
@@ -169,10 +175,7 @@ def legalize_conv2d(bb, call):
     if tile is not None:
         return legalize_winograd_conv2d(bb, call, tile, lanes)
     if prefers_nchw(call, lanes):
-        # a stride-2 stem (3 -> 32, 3x3) reads a plane split by column parity, in whole vectors:
-        # MobileNetV2's 0.24 -> 0.20 ms alone (TVM's conv reads every other element one lane at a time)
-        stride_w, kernel_w = int(attrs.strides[1]), int(weight.ty.shape[3])
-        return legalize_grouped_conv2d(bb, call) if stride_w == 2 and kernel_w > 1 else _nn_conv2d(bb, call)
+        return _nn_conv2d(bb, call)
     block = channel_block(int(weight.ty.shape[0]), lanes)
     packed = bb.emit_te(_pack_weight, weight, block, primfunc_name_hint="pack_conv_weight")
     return bb.call_te(_conv2d_packed, data, packed, [int(s) for s in attrs.strides],

@@ -96,7 +96,7 @@ def conv_graph(batch, cin, cout, size, kernel, stride, padding, groups, dilation
     (1, 8, 8, 9, 3, 2, 0, 8),         # depthwise, stride 2, no padding: no border to split off
     (1, 8, 16, 10, 3, 2, 1, 4),       # grouped, stride 2
     (1, 4, 8, 31, 1, 1, 0, 1),        # 4 multiply-adds per output, 32 columns: the NCHW rule
-    (1, 3, 32, 31, 3, 2, 1, 1),       # a MobileNet stem: 27 multiply-adds, stride 2: parity-split plane
+    (1, 3, 32, 31, 3, 2, 1, 1),       # a MobileNet stem: 27 multiply-adds, stride 2: the packed conv
 ])
 @pytest.mark.parametrize("target", ["x86", AVX2_TARGET], ids=["host", "avx2"])
 def test_conv_rule_matches_the_reference(batch, cin, cout, size, kernel, stride, padding, groups, target):
@@ -112,7 +112,7 @@ def test_conv_rule_matches_the_reference(batch, cin, cout, size, kernel, stride,
     winograd = [f for f in convs if "winograd_bgemm" in f.script()]
     out_width = (size + 1 + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
     lanes = vector_lanes(resolve_target(target).tvm_target())
-    short_reduction = cin * kernel * kernel <= 2 * lanes and out_width % min(lanes, 8) == 0
+    short_reduction = stride == 1 and cin * kernel * kernel <= 2 * lanes and out_width % min(lanes, 8) == 0
     takes_winograd = ((kernel, stride, padding, dilation, groups) == (3, 1, 1, 1, 1) and cin >= 16  # test_winograd.py
                       and cin * cout * size * (size + 1) * 9 >= MIN_MULTIPLY_ADDS
                       and batch * -(-size // 2) * -(-(size + 1) // 2) >= MIN_TILES)
@@ -167,11 +167,14 @@ def test_stride2_depthwise_reads_a_parity_split_plane_with_a_branch_free_interio
     assert interior and interior.group(3).startswith("pad_temp") and "_partition" in text  # columns, then parity
 
 
-def test_a_stride2_stem_with_a_short_reduction_reads_a_parity_split_plane():
-    graph = conv_graph(1, 3, 32, 31, 3, 2, 1, 1)  # 32 columns padded to 34: two planes of 17
+@pytest.mark.parametrize("stride, packed", [(2, True), (1, False)])
+def test_a_stem_with_a_short_reduction_takes_the_packed_conv_only_when_strided(stride, packed):
+    """27 multiply-adds per output (3 -> 32, 3x3): with stride 2 the packed conv (inputs broadcast,
+    weights packed), with stride 1 the NCHW rule (vectors along the width)."""
+    graph = conv_graph(1, 3, 32, 31, 3, stride, 1, 1)
     _, optimized, _ = lower(graph, resolve_target("x86").tvm_target())
     (conv,) = [f for gv, f in optimized.functions_items() if isinstance(f, tirx.PrimFunc) and "pad_temp" in f.script()]
-    assert "T.int64(2), T.int64(17)" in conv.script() and "conv2d_packed" not in conv.script()
+    assert ("conv2d_packed" in conv.script()) == packed
 
 
 @pytest.mark.parametrize("shape", [(1, 64, 56, 56), (1, 512, 7, 7), (2, 3, 5, 100), (1, 3, 224, 224), (37,)])
