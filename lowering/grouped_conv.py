@@ -101,16 +101,17 @@ def schedule_padding(sch, block, vector_width: int) -> bool:
         return False
     row_first, row_end, column_first, column_end = (int(v) for v in interior)
     depth = plane_depth(sch, block)
-    if depth == 3:  # a parity-split plane: both parities of a column pair in one step (module docstring)
+    parity_split = depth == 3  # both parities of a column pair in one step (module docstring)
+    if parity_split:
         *_, parity, columns = sch.get_loops(block)
         sch.reorder(columns, parity)
     rows = sch.get_loops(block)[-depth]
     row_parts = _partition(sch, rows, row_first, row_end)
     for interior_block in sch.get_child_blocks(row_parts[1 if row_first else 0]):
-        columns = sch.get_loops(interior_block)[-2 if depth == 3 else -1]
+        columns = sch.get_loops(interior_block)[-2 if parity_split else -1]
         column_parts = _partition(sch, columns, column_first, column_end)
         interior_columns = column_parts[1 if column_first else 0]
-        if depth == 2 and vector_width >= 4 and int(sch.get(interior_columns).extent) >= 4:
+        if not parity_split and vector_width >= 4 and int(sch.get(interior_columns).extent) >= 4:
             sch.vectorize(interior_columns)  # a partitioned loop cannot be split; LLVM splits the vector
     return True
 
