@@ -11,6 +11,10 @@ from slimgraph.lowering import lower
 from slimgraph.tests.test_cpu_schedules import AVX2_TARGET, conv_graph
 
 
+def avx2_target(cores: int) -> str:
+    return '{"kind": "llvm", "mcpu": "haswell", "mattr": ["+avx2", "+fma"], "num-cores": %d}' % cores
+
+
 @pytest.mark.parametrize("batch, cin, cout, size, stride, chunks", [
     (1, 512, 32, 11, 2, 128),   # 4 x 8 outputs x 512 x 9 x 4 B = 576 KiB a task: 4 inputs a chunk
     (2, 480, 32, 15, 2, 80),    # batch 2, 480 inputs: 540 KiB a task, 6 inputs a chunk
@@ -39,7 +43,7 @@ def test_a_padded_conv_pads_its_input_once_per_thread(batch, cin, size, stride, 
     """With T > 1 threads the parallel loop is one share per thread, and the padding block runs
     inside it (each thread pads the whole input into its own buffer, allocated in the parallel
     loop's body); with one core the padding is its own parallel loop before the conv's."""
-    target = ('{"kind": "llvm", "mcpu": "haswell", "mattr": ["+avx2", "+fma"], "num-cores": %d}' % cores)
+    target = avx2_target(cores)
     graph = conv_graph(batch, cin, 24, size, 3, stride, 1, 1)
     compiled = slimgraph.compile(graph, target=target, check=True)
     assert compiled.report.max_abs_diff <= 1e-4
@@ -88,7 +92,7 @@ def test_a_pointwise_conv_with_short_rows_copies_its_input_per_thread(batch, wid
     """A 1x1 conv on short rows: the parallel loop is one share per thread, and each share copies the
     whole input into its own buffer (allocated inside the parallel loop) before reading it; not when
     a stride skips most of the input."""
-    target = ('{"kind": "llvm", "mcpu": "haswell", "mattr": ["+avx2", "+fma"], "num-cores": %d}' % cores)
+    target = avx2_target(cores)
     size = stride * width - 1  # conv_graph's maps are size x (size + 1)
     graph = conv_graph(batch, 96, 64, size, 1, stride, 0, 1)
     compiled = slimgraph.compile(graph, target=target, check=True)
@@ -109,7 +113,7 @@ def test_a_pointwise_conv_with_short_rows_copies_its_input_per_thread(batch, wid
 def test_a_projection_splits_its_input_channels_among_the_threads(batch, cin, cout, width, cores, splits):
     """out = epilogue(sum over t of R[t]), R[t] summing thread t's part of the input channels: a
     (cores, ..) buffer of partial outputs, each part's tasks in parallel, and the same result."""
-    target = ('{"kind": "llvm", "mcpu": "haswell", "mattr": ["+avx2", "+fma"], "num-cores": %d}' % cores)
+    target = avx2_target(cores)
     graph = conv_graph(batch, cin, cout, width - 1, 1, 1, 0, 1)
     compiled = slimgraph.compile(graph, target=target, check=True)
     assert compiled.report.max_abs_diff <= 1e-4
