@@ -80,6 +80,7 @@ from tvm import s_tir, tirx
 from tvm.s_tir import dlight as dl
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 
+from .conv_blocked import blocked_lanes, legalize_blocked_conv2d
 from .grouped_conv import legalize_grouped_conv2d
 from .schedule_common import (attach_epilogue, register_budget, schedule_sum_of_parts, split_reduction,
                               splits_input_channels, thread_count, vector_lanes)
@@ -161,6 +162,9 @@ def legalize_conv2d(bb, call):
     attrs = call.attrs
     data, weight = call.args
     target = tvm.target.Target.current(allow_none=True)
+    if blocked_lanes(attrs.out_layout) is not None:  # lowering.blocked_layout converted it
+        blocked = legalize_blocked_conv2d(bb, call)
+        return blocked if blocked is not None else _nn_conv2d(bb, call)
     if (target is None or target.kind.name != "llvm"
             or attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW" or attrs.out_layout != "NCHW"
             or not isinstance(weight, tvm.ir.expr.GenericConst) or str(data.ty.dtype) != "float32"

@@ -32,6 +32,7 @@ from tvm.s_tir import dlight as dl
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import try_inline_contiguous_spatial
 
+from .conv_blocked import BlockedConv2dRule
 from .conv_packed import PackedConv2dRule
 from .grouped_conv import INTERIOR_ATTR, plane_depth, schedule_padding
 from .int8_depthwise import Int8DepthwiseRule
@@ -233,9 +234,9 @@ ELEMENTWISE_PARALLEL_MIN = 16384  # elements; below it a second thread costs mor
 # First match wins. TVM's GEMV rule (batch-1 dense) comes before our row reductions, TVM's own
 # reduction rule last (the rows ours leaves).
 CPU_RULES: list[dl.ScheduleRule] = [Int8PixelConv2dRule(), Int8DepthwiseRule(), Int8Conv2dRule(), Int8DenseRule(),
-                                    PointwiseDepthwiseRule(), WinogradConv2dRule(), PackedConv2dRule(), DenseRule(),
-                                    Conv2dRule(), ElementwiseRule(), dl.cpu.GEMV(), RowReductionRule(),
-                                    dl.cpu.Reduction()]
+                                    PointwiseDepthwiseRule(), WinogradConv2dRule(), PackedConv2dRule(),
+                                    BlockedConv2dRule(), DenseRule(), Conv2dRule(), ElementwiseRule(), dl.cpu.GEMV(),
+                                    RowReductionRule(), dl.cpu.Reduction()]
 
 
 def schedule_cpu(mod, target) -> tuple[object, list[str]]:

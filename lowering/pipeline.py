@@ -30,10 +30,13 @@ def optimize(mod, target):
     import tvm
     from tvm import relax
 
+    from .blocked_layout import blocked_layout_passes
+
     passes = tvm.transform.Sequential([
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),
         relax.transform.FoldConstant(),
+        *blocked_layout_passes(target),
         relax.transform.LegalizeOps(customize_legalize_map=cpu_legalize_map(target)),
         relax.get_pipeline("zero"),
         *views_for_reshapes(),
@@ -48,9 +51,12 @@ def legalize_for_regions(mod, target):
     import tvm
     from tvm import relax
 
+    from .blocked_layout import blocked_layout_passes
+
     passes = tvm.transform.Sequential([
         relax.transform.DecomposeOpsForInference(),
         relax.transform.FoldConstant(),
+        *blocked_layout_passes(target),
         relax.transform.LegalizeOps(customize_legalize_map=cpu_legalize_map(target)),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),

@@ -12,6 +12,8 @@ import torch
 
 from slimgraph.ir import Graph
 
+from .blocked_layout import LAYOUT_TRANSFORM_PREFIX
+
 
 def _origin_name(node, graph_id: int) -> str | None:
     stack = list(node.meta.get("from_node") or [])
@@ -100,7 +102,9 @@ def outline_regions(mod, var_region: dict[str, int]):
     region_by_name = {b.var.name: var_region.get(b.var.name) for b in block.bindings}
     for binding in reversed(block.bindings):  # helpers the importer emitted go with their only readers
         readers = {region_by_name.get(user) for user in uses.get(binding.var.name, ())}
-        if region_by_name[binding.var.name] is None and len(readers) == 1 and None not in readers:
+        if region_by_name[binding.var.name] is None and len(readers) == 1 and None not in readers \
+                and not binding.var.name.startswith(LAYOUT_TRANSFORM_PREFIX):  # lowering.blocked_layout's:
+            # kernels of their own
             region_by_name[binding.var.name] = readers.pop()
     members: dict[int, list] = {}
     for binding in block.bindings:

@@ -51,12 +51,14 @@ def lower(graph: Graph, target, before_rules: Callable | None = None):
     from .pipeline import fuse_regions, legalize_for_regions, optimize
     from slimgraph.ir.text import REGION
 
+    from .blocked_layout import blocked_layout_enabled
     from .regions import import_with_origins, one_conv_per_region, outline_regions
 
     from .int8_kernels import dot_product_data_for
 
     region_of = {n.name: n.meta[REGION] for n in graph.fx_graph.nodes if n.meta.get(REGION) is not None}
-    if target.kind.name != "llvm":  # only the CPU rules schedule a 1x1 and a depthwise conv as one kernel
+    if target.kind.name != "llvm" or blocked_layout_enabled(target):  # only the CPU rules schedule a 1x1 and
+        # a depthwise conv as one kernel, and only on NCHW tensors
         region_of = one_conv_per_region(graph, region_of)
     if not region_of:
         with dot_product_data_for(target):

@@ -1,0 +1,129 @@
+"""Channel-blocked layout for a CPU model's convs (experimental: SLIMGRAPH_BLOCKED_LAYOUT=1).
+
+With the layout on, the Relax module goes through, before legalization:
+
+    clip(x, lo, hi)  ->  minimum(maximum(x, lo), hi)                 (same values; TVM's layout
+                                                                      conversion keeps min / max on
+                                                                      blocked tensors, not clip)
+    ConvertLayout(conv2d: NCHW{b}c data, OIHW{b}o weights)           b = the target's fp32 lanes
+    FoldConstant                                                     (the weights' re-layout, once)
+
+TVM's ConvertLayout carries the blocked layout through the elementwise ops, adds and means after
+each conv and puts `layout_transform`s where a tensor goes from one layout to the other: at the
+model's input and output, and around a conv whose channels b does not divide (its convs stay
+NCHW). The blocked convs are legalized and scheduled by lowering.conv_blocked. The transforms are
+renamed `layout_transform{i}` (ConvertLayout names them like the importer's bindings, which the
+fused regions are keyed by) and stay out of the regions: each is its own kernel.
+"""
+from __future__ import annotations
+
+import os
+
+from .schedule_common import vector_lanes
+
+LAYOUT_TRANSFORM_PREFIX = "layout_transform"
+
+
+def blocked_layout_enabled(target) -> bool:
+    """The blocked layout is on for CPU targets when SLIMGRAPH_BLOCKED_LAYOUT=1."""
+    return target.kind.name == "llvm" and os.environ.get("SLIMGRAPH_BLOCKED_LAYOUT", "0") == "1"
+
+
+def blocked_layout_passes(target) -> list:
+    """The passes of the module docstring for `target`; none when the layout is off."""
+    from tvm import relax
+
+    if not blocked_layout_enabled(target):
+        return []
+    lanes = vector_lanes(target)
+    return [clip_as_min_max(), relax.transform.ConvertLayout({}, lambda call: {"relax.nn.conv2d": conv_layouts(call, lanes)}
+                                                               if call.op.name == "relax.nn.conv2d" else {}),
+            relax.transform.Normalize(), name_layout_transforms(), relax.transform.EliminateCommonSubexpr(),
+            relax.transform.FoldConstant()]
+
+
+def channel_block(channels: int, lanes: int) -> int | None:
+    """The block of a tensor with `channels` channels: the lanes, or the largest of 8 and 4 that divides."""
+    return next((b for b in (lanes, 8, 4) if b <= lanes and channels % b == 0), None)
+
+
+def conv_layouts(call, lanes: int) -> list[str]:
+    """[data, weight, output] layouts of one conv2d (module docstring)."""
+    in_channels, out_channels = int(call.args[0].ty.shape[1]), int(call.args[1].ty.shape[0])
+    groups = int(call.attrs.groups)
+    out_block = channel_block(out_channels, lanes)
+    in_block = out_block if groups > 1 else channel_block(in_channels, lanes)
+    if out_block is None or groups not in (1, in_channels) or str(call.args[0].ty.dtype) != "float32":
+        return ["NCHW", "OIHW", "NCHW"]
+    return [f"NCHW{in_block}c" if in_block else "NCHW", f"OIHW{out_block}o", f"NCHW{out_block}c"]
+
+
+def is_layout_transform(expr) -> bool:
+    from tvm import relax
+
+    return isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.layout_transform"
+
+
+def clip_as_min_max():
+    """clip(x, lo, hi) as minimum(maximum(x, lo), hi) on floating-point tensors."""
+    import tvm
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class ClipAsMinMax(relax.PyExprMutator):
+        def visit_var_binding_(self, binding):
+            value = binding.value
+            if getattr(getattr(value, "op", None), "name", "") != "relax.clip" \
+                    or not str(value.args[0].ty.dtype).startswith("float"):
+                return super().visit_var_binding_(binding)
+            data, dtype = self.visit_expr(value.args[0]), str(value.args[0].ty.dtype)
+            low, high = (relax.const(float(arg.value), dtype) for arg in value.args[1:3])
+            # the maximum gets a name of its own: the regions are keyed by the importer's names
+            at_least = self.builder_.emit(relax.op.maximum(data, low), f"{binding.var.name}_at_least")
+            clipped = relax.op.minimum(at_least, high)
+            emit = self.builder_.emit if isinstance(binding.var, relax.DataflowVar) else self.builder_.emit_output
+            self.set_var_remap(binding.var, emit(clipped, binding.var.name))
+
+    @tvm.transform.module_pass(opt_level=0, name="ClipAsMinMax")
+    def run(mod, _context):
+        return _mutate_functions(mod, ClipAsMinMax)
+
+    return run
+
+
+def name_layout_transforms():
+    """Bind every layout_transform to a var of its own name, `layout_transform{i}`."""
+    import tvm
+    from tvm import relax
+
+    count = [0]
+
+    @relax.expr_functor.mutator
+    class NameTransforms(relax.PyExprMutator):
+        def visit_var_binding_(self, binding):
+            if not is_layout_transform(binding.value):
+                return super().visit_var_binding_(binding)
+            value = self.visit_expr(binding.value)
+            count[0] += 1
+            name = f"{LAYOUT_TRANSFORM_PREFIX}{count[0]}"
+            if isinstance(binding.var, relax.DataflowVar):
+                new_var = self.builder_.emit(value, name)
+            else:
+                new_var = self.builder_.emit_output(value, name)
+            self.set_var_remap(binding.var, new_var)
+
+    @tvm.transform.module_pass(opt_level=0, name="NameLayoutTransforms")
+    def run(mod, _context):
+        return _mutate_functions(mod, NameTransforms)
+
+    return run
+
+
+def _mutate_functions(mod, mutator_class):
+    from tvm import relax
+
+    mutator = mutator_class(mod)
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            mutator.builder_.update_func(gv, mutator.visit_expr(func))
+    return mutator.builder_.get()

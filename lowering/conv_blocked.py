@@ -1,0 +1,200 @@
+"""conv2d on channel-blocked tensors (NCHW{b}c data, OIHW{b}o weights), and its CPU schedule.
+
+lowering.blocked_layout converts a model's convs to these layouts, b = the target's fp32 vector
+lanes; a tensor x[n, c, y, x] is then stored as X[n, c // b, y, x, c % b], and a weight
+W[o, i, ky, kx] as Wb[o // b, i, ky, kx, o % b]. The convs (legalized here, `legalize_blocked_conv2d`):
+
+    dense (groups = 1):
+        out[n, ob, y, x, ol] = sum_{i, ky, kx} P[n, i // b, y*sh + ky*dh, x*sw + kx*dw, i % b]
+                                                * Wb[ob, i, ky, kx, ol]
+    depthwise (groups = channels):
+        out[n, cb, y, x, cl] = sum_{ky, kx} P[n, cb, y*sh + ky*dh, x*sw + kx*dw, cl] * Wb[cb, 0, ky, kx, cl]
+
+where P is X padded with zeros (P = X without padding). The lanes of a vector are b channels of
+one pixel, contiguous in both layouts, so every load and store of the schedule is a whole vector
+whatever the stride, and a conv's output is its consumer's input as is: the NCHW packed conv
+(lowering.conv_packed) computes the same tiles but turns each back to NCHW in its epilogue, and
+the NCHW depthwise conv needs its padded plane split by column parity for stride 2.
+
+Schedule (`BlockedConv2dRule`), both with the fused epilogue (bias, residual add, clamp) computed
+per tile while the tile is in registers:
+
+    dense:      ob -> (obo, v),  x -> (xo, t),  i -> (ib, il)
+                order (n, obo, y, xo | ib, ky, kx, il, v, t, ol);  (n, obo, y) parallel
+    depthwise:  x -> (xo, t),  order (n, cb, y, xo | ky, kx, t, cl);  (n, cb, y) parallel
+
+v x t accumulators (dense; t for depthwise) sized from the register file; each dense step is
+`acc[v][t] += broadcast(P[.., il]) * Wb[.., v, ol]`, each depthwise step `acc[t] += P[.., t, cl] * Wb[.., cl]`.
+The padding is its own parallel pass over (n, block, row), a vector per pixel.
+"""
+from __future__ import annotations
+
+import re
+
+from tvm import s_tir, tirx
+from tvm.s_tir import dlight as dl
+from tvm.s_tir.dlight.analysis import normalize_prim_func
+
+from .schedule_common import attach_epilogue, register_budget
+
+BLOCKED_CONV_BLOCK = "conv2d_blocked"
+DEPTHWISE_ATTR = "slimgraph.blocked_depthwise"  # block annotation: 1 for the depthwise form
+
+
+def blocked_lanes(layout: str) -> int | None:
+    """b of an "NCHW{b}c" data or "OIHW{b}o" kernel layout; None for any other layout."""
+    match = re.fullmatch(r"(?:NCHW(\d+)c|OIHW(\d+)o)", layout)
+    return int(match.group(1) or match.group(2)) if match else None
+
+
+def _padded(data, padding):
+    """data (NCHW or NCHW{b}c) with zero rows and columns around each plane."""
+    from tvm import te
+
+    top, left, bottom, right = padding
+    if not any(padding):
+        return data
+    shape = [int(e) for e in data.shape]
+    height, width = shape[2:4]
+
+    def element(n, c, y, x, *lane):
+        inside = tirx.all(y >= top, y < height + top, x >= left, x < width + left)
+        return tirx.if_then_else(inside, data[(n, c, y - top, x - left, *lane)], tirx.const(0.0, data.dtype))
+
+    return te.compute((*shape[:2], height + top + bottom, width + left + right, *shape[4:]), element, name="pad_temp")
+
+
+def blocked_conv2d(data, weight, strides, padding, dilation, depthwise: bool):
+    """The dense or depthwise blocked conv of the module docstring; padding (top, left, bottom, right).
+    A dense conv's data may also be NCHW (a model's 3-channel image into its first conv)."""
+    from tvm import te
+
+    batch, in_blocks, height, width, *lanes = (int(e) for e in data.shape)
+    out_blocks, in_channels, kernel_h, kernel_w, out_lanes = (int(e) for e in weight.shape)
+    top, left, bottom, right = padding
+    (stride_h, stride_w), (dilation_h, dilation_w) = strides, dilation
+    out_h = (height + top + bottom - dilation_h * (kernel_h - 1) - 1) // stride_h + 1
+    out_w = (width + left + right - dilation_w * (kernel_w - 1) - 1) // stride_w + 1
+    padded = _padded(data, padding)
+    ry = te.reduce_axis((0, kernel_h), name="ry")
+    rx = te.reduce_axis((0, kernel_w), name="rx")
+    attrs = {DEPTHWISE_ATTR: int(depthwise)}
+    if depthwise:
+        return te.compute(
+            (batch, out_blocks, out_h, out_w, out_lanes),
+            lambda n, c, y, x, lane: te.sum(
+                padded[n, c, y * stride_h + ry * dilation_h, x * stride_w + rx * dilation_w, lane]
+                * weight[c, 0, ry, rx, lane], axis=[ry, rx]), name=BLOCKED_CONV_BLOCK, attrs=attrs)
+    if not lanes:  # NCHW data
+        rc = te.reduce_axis((0, in_channels), name="rc")
+        return te.compute(
+            (batch, out_blocks, out_h, out_w, out_lanes),
+            lambda n, o, y, x, lane: te.sum(
+                padded[n, rc, y * stride_h + ry * dilation_h, x * stride_w + rx * dilation_w]
+                * weight[o, rc, ry, rx, lane], axis=[rc, ry, rx]), name=BLOCKED_CONV_BLOCK, attrs=attrs)
+    rb = te.reduce_axis((0, in_blocks), name="rb")
+    rl = te.reduce_axis((0, lanes[0]), name="rl")
+    return te.compute(
+        (batch, out_blocks, out_h, out_w, out_lanes),
+        lambda n, o, y, x, lane: te.sum(
+            padded[n, rb, y * stride_h + ry * dilation_h, x * stride_w + rx * dilation_w, rl]
+            * weight[o, rb * lanes[0] + rl, ry, rx, lane], axis=[rb, ry, rx, rl]), name=BLOCKED_CONV_BLOCK,
+        attrs=attrs)
+
+
+def legalize_blocked_conv2d(bb, call):
+    """relax.nn.conv2d with NCHW{bo}c output and OIHW{bo}o weights (dense from NCHW{bi}c or NCHW data,
+    or depthwise: groups = channels, bi = bo) as `blocked_conv2d`; None for other convs."""
+    attrs = call.attrs
+    data, weight = call.args
+    out_lanes, in_lanes = blocked_lanes(attrs.out_layout), blocked_lanes(attrs.data_layout)
+    if out_lanes is None or blocked_lanes(attrs.kernel_layout) != out_lanes \
+            or (in_lanes is None and attrs.data_layout != "NCHW"):
+        return None
+    groups = int(attrs.groups)
+    depthwise = groups > 1 and in_lanes == out_lanes and groups == int(data.ty.shape[1]) * out_lanes \
+        and int(weight.ty.shape[1]) == 1
+    if groups > 1 and not depthwise:
+        return None
+    return bb.call_te(blocked_conv2d, data, weight, [int(s) for s in attrs.strides],
+                      [int(p) for p in attrs.padding], [int(d) for d in attrs.dilation], depthwise,
+                      primfunc_name_hint="conv2d_blocked")
+
+
+def blocked_tile(out_blocks: int, width: int, budget: int, depthwise: bool) -> tuple[int, int]:
+    """(v channel blocks, t columns): v * t <= budget accumulators, most multiply-adds per load."""
+    best, best_score = (1, 1), 0.0
+    for v in (1,) if depthwise else (4, 3, 2, 1):
+        if out_blocks % v:
+            continue
+        t = max((c for c in range(1, min(width, budget // v) + 1) if width % c == 0), default=1)
+        score = t if depthwise else v * t / (v + t)
+        if score > best_score:
+            best, best_score = (v, t), score
+    return best
+
+
+def _band_rows(height: int) -> int:
+    """Output rows per task of a padded depthwise conv: the largest divisor of the height up to 8."""
+    return max(d for d in range(1, min(height, 8) + 1) if height % d == 0)
+
+
+class BlockedConv2dRule(dl.ScheduleRule):
+    """Schedule for the `conv2d_blocked` kernels of `legalize_blocked_conv2d` (module docstring)."""
+
+    name = "conv2d-blocked"
+
+    def apply(self, func, target, tunable):
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        reductions = [info for info in infos or [] if info.is_reduction()]
+        if len(reductions) != 1 or not sch.get(reductions[0].block_rv).name_hint.startswith(BLOCKED_CONV_BLOCK):
+            return None
+        conv = reductions[0]
+        before, after = infos[:infos.index(conv)], infos[infos.index(conv) + 1:]
+        if not all(info.is_injective() for info in before + after):
+            return None
+        for info in after[:-1]:
+            sch.compute_inline(info.block_rv)
+        block = conv.block_rv
+        stmt = sch.get(block)
+        if DEPTHWISE_ATTR not in stmt.annotations:
+            return None
+        depthwise = bool(int(stmt.annotations[DEPTHWISE_ATTR]))
+        batch, out_blocks, out_h, out_w, lanes = (int(e) for e in stmt.writes[0].source.shape)
+        spatial = [iv for iv in stmt.iter_vars if iv.iter_type == 0]
+        if len(spatial) != 4 + (batch > 1):
+            return None
+        loops = sch.get_loops(block)
+        *batch_loops, ob, oy, ox, ol = loops[:len(spatial)]
+        reduction_loops = loops[len(spatial):]
+        v, t = blocked_tile(out_blocks, out_w, register_budget(target), depthwise)
+        obo, ov = sch.split(ob, [None, v])
+        xo, xt = sch.split(ox, [None, t])
+        band = depthwise and before  # a depthwise conv pads a band of rows per task (module docstring)
+        oyo, oyi = sch.split(oy, [None, _band_rows(out_h)]) if band else (oy, None)
+        # dense: (ib, ky, kx, il), one input pixel's b channels broadcast in turn (unit loops are gone)
+        sch.reorder(*batch_loops, obo, oyo, *([oyi] if band else []), xo, *reduction_loops, ov, xt, ol)
+        epilogue = attach_epilogue(sch, block, after[-1].block_rv if after else None, xo)
+        epilogue_lanes = sch.get_loops(epilogue)[-1]
+        if int(sch.get(epilogue_lanes).extent) == lanes:
+            sch.vectorize(epilogue_lanes)
+        task = sch.fuse(*batch_loops, obo, oyo)
+        sch.parallel(task)
+        for loop in (ov, xt):
+            sch.unroll(loop)
+        if depthwise:
+            for loop in reduction_loops:
+                sch.unroll(loop)
+        sch.vectorize(ol)
+        for info in before:  # the padding: per task's band of rows, or its own parallel pass; a vector per pixel
+            if band:
+                sch.compute_at(info.block_rv, task)
+            *outer, row, column, lane = sch.get_loops(info.block_rv)
+            if not band:
+                sch.parallel(sch.fuse(*outer, row))
+            sch.vectorize(lane)
+        sch.decompose_reduction(block, reduction_loops[0])
+        return sch
