@@ -25,8 +25,9 @@ def cpu_legalize_map(target) -> dict:
             "relax.nn.max_pool2d": legalize_max_pool2d, **FAST_MATH_LEGALIZATIONS}
 
 
-def optimize(mod, target):
-    """Run the fusion pipeline for `target` (a tvm.target.Target) and return the new IRModule."""
+def optimize(mod, target, blocked_layout: bool = False):
+    """Run the fusion pipeline for `target` (a tvm.target.Target) and return the new IRModule;
+    `blocked_layout`: convs in lowering.blocked_layout's channel-blocked layout."""
     import tvm
     from tvm import relax
 
@@ -36,7 +37,7 @@ def optimize(mod, target):
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),
         relax.transform.FoldConstant(),
-        *blocked_layout_passes(target),
+        *blocked_layout_passes(target, blocked_layout),
         relax.transform.LegalizeOps(customize_legalize_map=cpu_legalize_map(target)),
         relax.get_pipeline("zero"),
         *views_for_reshapes(),
@@ -45,7 +46,7 @@ def optimize(mod, target):
         return passes(mod)
 
 
-def legalize_for_regions(mod, target):
+def legalize_for_regions(mod, target, blocked_layout: bool = False):
     """Before regions are outlined: ops become TIR calls and constant-only work is folded, so the
     kernels of a region compute only what depends on the inputs."""
     import tvm
@@ -56,7 +57,7 @@ def legalize_for_regions(mod, target):
     passes = tvm.transform.Sequential([
         relax.transform.DecomposeOpsForInference(),
         relax.transform.FoldConstant(),
-        *blocked_layout_passes(target),
+        *blocked_layout_passes(target, blocked_layout),
         relax.transform.LegalizeOps(customize_legalize_map=cpu_legalize_map(target)),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),

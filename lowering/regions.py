@@ -103,8 +103,7 @@ def outline_regions(mod, var_region: dict[str, int]):
     for binding in reversed(block.bindings):  # helpers the importer emitted go with their only readers
         readers = {region_by_name.get(user) for user in uses.get(binding.var.name, ())}
         if region_by_name[binding.var.name] is None and len(readers) == 1 and None not in readers \
-                and not binding.var.name.startswith(LAYOUT_TRANSFORM_PREFIX):  # lowering.blocked_layout's:
-            # kernels of their own
+                and _may_join(binding, readers, region_by_name):
             region_by_name[binding.var.name] = readers.pop()
     members: dict[int, list] = {}
     for binding in block.bindings:
@@ -132,6 +131,16 @@ def outline_regions(mod, var_region: dict[str, int]):
     mod["main"] = relax.Function(main.params, relax.SeqExpr(new_blocks, main.body.body), main.ret_ty,
                                  main.is_pure, main.attrs)
     return mod, skipped
+
+
+def _may_join(binding, readers: set, region_by_name: dict) -> bool:
+    """A helper joins its reader's region; a layout transform (lowering.blocked_layout) only when it
+    reads from that region too (a blocked mean before a flatten): at a region's edge it is its own kernel."""
+    from tvm import relax
+
+    if not binding.var.name.startswith(LAYOUT_TRANSFORM_PREFIX):
+        return True
+    return {region_by_name.get(v.name) for v in relax.analysis.free_vars(binding.value)} == readers
 
 
 def _uses(function) -> dict[str, set[str]]:

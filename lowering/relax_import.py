@@ -51,19 +51,17 @@ def lower(graph: Graph, target, before_rules: Callable | None = None):
     from .pipeline import fuse_regions, legalize_for_regions, optimize
     from slimgraph.ir.text import REGION
 
-    from .blocked_layout import blocked_layout_enabled
+    from .blocked_layout import blocked_layout_wanted
     from .regions import import_with_origins, one_conv_per_region, outline_regions
 
     from .int8_kernels import dot_product_data_for
 
     region_of = {n.name: n.meta[REGION] for n in graph.fx_graph.nodes if n.meta.get(REGION) is not None}
-    if target.kind.name != "llvm" or blocked_layout_enabled(target):  # only the CPU rules schedule a 1x1 and
-        # a depthwise conv as one kernel, and only on NCHW tensors
-        region_of = one_conv_per_region(graph, region_of)
     if not region_of:
         with dot_product_data_for(target):
             imported = to_relax(graph)
-        scheduled, notes = _schedule(_hook(optimize(imported, target), before_rules), target)
+        optimized = optimize(imported, target, blocked_layout_wanted(imported, target))
+        scheduled, notes = _schedule(_hook(optimized, before_rules), target)
         return imported, scheduled, notes
     graph = normalize_negative_indices(graph)
     try:
@@ -71,8 +69,11 @@ def lower(graph: Graph, target, before_rules: Callable | None = None):
             imported, origins = import_with_origins(graph, _example_inputs(graph))
     except AssertionError as exc:
         raise _unsupported(graph, exc) from exc
+    blocked = blocked_layout_wanted(imported, target)
+    if target.kind.name != "llvm" or blocked:  # only the CPU rules schedule a 1x1 and a depthwise conv as
+        region_of = one_conv_per_region(graph, region_of)  # one kernel, and only on NCHW tensors
     var_region = {var: region_of[node] for var, node in origins.items() if node in region_of}
-    outlined, notes = outline_regions(legalize_for_regions(imported, target), var_region)
+    outlined, notes = outline_regions(legalize_for_regions(imported, target, blocked), var_region)
     scheduled, unscheduled = _schedule(_hook(fuse_regions(outlined, target), before_rules), target)
     return imported, scheduled, notes + unscheduled
 

@@ -153,10 +153,12 @@ def test_encoder_kernels_are_scheduled():
     assert len(unscheduled) < len(compiled.report.kernels) / 2
 
 
-def test_stride2_depthwise_reads_a_parity_split_plane_with_a_branch_free_interior():
+def test_stride2_depthwise_reads_a_parity_split_plane_with_a_branch_free_interior(monkeypatch):
     """The padding of a stride-2 depthwise conv is stored by column parity and partitioned: its
     interior copy has no condition per element and copies both parities of a column pair in one
-    step (contiguous input, which LLVM vectorizes; a vectorized loop per parity was a gather)."""
+    step (contiguous input, which LLVM vectorizes; a vectorized loop per parity was a gather).
+    The NCHW path: a model with depthwise convs is otherwise blocked (test_blocked_layout.py)."""
+    monkeypatch.setenv("SLIMGRAPH_BLOCKED_LAYOUT", "0")
     graph = conv_graph(1, 32, 32, 15, 3, 2, 1, 32)
     _, optimized, _ = lower(graph, resolve_target("x86").tvm_target())
     (conv,) = [f for gv, f in optimized.functions_items() if isinstance(f, tirx.PrimFunc) and "pad_temp" in f.script()]

@@ -45,6 +45,13 @@ def expansion_graph(batch, cin, expanded, height, width, stride, padding=1, kern
     return builder.build()
 
 
+@pytest.fixture(autouse=True)
+def nchw_layout(monkeypatch):
+    """These kernels are the NCHW path: with depthwise convs the CPU default is the blocked layout
+    (lowering/blocked_layout.py; tests/test_blocked_layout.py)."""
+    monkeypatch.setenv("SLIMGRAPH_BLOCKED_LAYOUT", "0")
+
+
 def optimized(graph, pipeline="default"):
     return PassManager(parse_pipeline(pipeline)).run(graph).graph
 

@@ -1,0 +1,121 @@
+"""The channel-blocked layout (lowering/blocked_layout.py, lowering/conv_blocked.py): which convs take
+it and in which block, the Relax module before and after the layout passes, the schedule of the
+blocked convs, and the outputs against PyTorch."""
+import re
+
+import pytest
+import torch
+from torch import nn
+
+import slimgraph
+from slimgraph.codegen import aarch64
+from slimgraph.codegen.targets import resolve_target
+from slimgraph.lowering.conv_blocked import DEPTHWISE_ATTR
+from slimgraph.lowering.blocked_layout import blocked_layout_passes, blocked_layout_wanted
+from slimgraph.lowering.pipeline import kernel_calls
+from slimgraph.lowering.relax_import import to_relax
+
+AVX512_TARGET = '{"kind": "llvm", "mcpu": "skylake-avx512", "mattr": ["+avx512f", "+avx2", "+fma"], "num-cores": 2}'
+AVX2_TARGET = '{"kind": "llvm", "mcpu": "haswell", "mattr": ["+avx2", "+fma"], "num-cores": 2}'
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block shape: 3 -> 32 stem (3x3 / 2), 1x1 expansion, depthwise 3x3 (stride s),
+    1x1 projection to 24 channels (blocks of 8), a residual add, a 24 -> 48 expansion, a mean."""
+
+    def __init__(self, stride: int):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, stride=2, padding=1)
+        self.expand = nn.Conv2d(32, 64, 1)
+        self.depthwise = nn.Conv2d(64, 64, 3, stride=stride, padding=1, groups=64)
+        self.project = nn.Conv2d(64, 24, 1)
+        self.shortcut = nn.Conv2d(32, 24, 1, stride=stride)
+        self.head = nn.Conv2d(24, 48, 1)
+
+    def forward(self, x):
+        x = torch.clamp(self.stem(x), 0, 6)
+        y = torch.clamp(self.expand(x), 0, 6)
+        y = torch.clamp(self.depthwise(y), 0, 6)
+        y = self.project(y) + self.shortcut(x)
+        return torch.relu(self.head(y)).mean((2, 3))
+
+
+def example(stride: int = 1):
+    torch.manual_seed(stride)
+    return InvertedResidual(stride).eval(), (torch.randn(1, 3, 30, 26),)
+
+
+def layout_passes_text(target: str) -> str:
+    import tvm
+
+    module, inputs = example()
+    graph = slimgraph.compile(module, inputs, check=False).graph
+    tvm_target = resolve_target(target).tvm_target()
+    with tvm_target, tvm.transform.PassContext(opt_level=3):
+        mod = tvm.transform.Sequential(blocked_layout_passes(tvm_target, True))(to_relax(graph))
+    return mod["main"].script()
+
+
+@pytest.mark.parametrize("target, block", [(AVX512_TARGET, 16), (AVX2_TARGET, 8)])
+def test_convs_take_the_lanes_as_their_block_and_8_where_16_does_not_divide(target, block):
+    """Each conv's layouts in the Relax module after the layout passes: NCHW data for the stem (3
+    channels), the lanes as the block elsewhere, 8 for the 24-channel tensors; clip is min / max, and
+    the only layout transform is the output's (the mean's 48 channels back to the model's order)."""
+    text = layout_passes_text(target)
+    layouts = re.findall(r'data_layout="(\w+)", kernel_layout="(\w+)", out_layout="(\w+)"', text)
+    b = f"NCHW{block}c"
+    assert layouts == [("NCHW", f"OIHW{block}o", b), (b, f"OIHW{block}o", b), (b, f"OIHW{block}o", b),
+                       (b, "OIHW8o", "NCHW8c"), (b, "OIHW8o", "NCHW8c"), ("NCHW8c", f"OIHW{block}o", b)]
+    assert "R.clip(" not in text and text.count("R.minimum(") == text.count("R.maximum(") == 3
+    assert text.count("R.layout_transform") == 1
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("target", [AVX512_TARGET, AVX2_TARGET])
+def test_a_model_with_depthwise_convs_runs_blocked_and_matches_pytorch(target, stride):
+    """Every conv is a blocked kernel, one kernel per conv (no layout transform kernel but the output's),
+    outputs as PyTorch's."""
+    module, inputs = example(stride)
+    compiled = slimgraph.compile(module, inputs, target=target, check=True)
+    assert compiled.report.max_abs_diff <= 1e-4
+    blocked = [name for name, f in compiled.lowered.functions_items() if "conv2d_blocked" in str(f)]
+    assert len(blocked) == 6
+    assert not any("conv2d_packed" in str(f) or "grouped_conv2d" in str(f) for _, f in compiled.lowered.functions_items())
+    assert sum(kernel_calls(compiled.lowered).values()) <= 7 + 1
+
+
+def test_the_layout_is_chosen_per_model_and_forced_by_the_environment(monkeypatch):
+    """Auto: on with a depthwise conv, off without (ResNet's Winograd convs stay NCHW); 1 / 0 force it;
+    never for a GPU target."""
+    module, inputs = example()
+    mod = to_relax(slimgraph.compile(module, inputs, check=False).graph)
+    plain = to_relax(slimgraph.compile(nn.Conv2d(3, 16, 3), (torch.randn(1, 3, 8, 8),), check=False).graph)
+    cpu, gpu = resolve_target(AVX2_TARGET).tvm_target(), resolve_target("cuda").tvm_target()
+    monkeypatch.delenv("SLIMGRAPH_BLOCKED_LAYOUT", raising=False)
+    assert (blocked_layout_wanted(mod, cpu), blocked_layout_wanted(plain, cpu), blocked_layout_wanted(mod, gpu)) == \
+        (True, False, False)
+    monkeypatch.setenv("SLIMGRAPH_BLOCKED_LAYOUT", "0")
+    assert not blocked_layout_wanted(mod, cpu)
+    monkeypatch.setenv("SLIMGRAPH_BLOCKED_LAYOUT", "1")
+    assert blocked_layout_wanted(plain, cpu)
+
+
+def test_blocked_schedule_vectorizes_the_lanes_and_pads_depthwise_rows_per_task():
+    """The blocked convs' loops: the lane loop vectorized; the depthwise conv pads inside its parallel
+    loop (a band of rows per task), the stem's padding is a parallel pass of its own."""
+    module, inputs = example(2)
+    compiled = slimgraph.compile(module, inputs, target=AVX512_TARGET, check=False)
+    scripts = [f.script() for _, f in compiled.lowered.functions_items() if "conv2d_blocked" in str(f)]
+    for script in scripts:
+        assert re.search(r"for \w+ in T\.vectorized\(T\.int64\((16|8)\)\)", script)
+    (depthwise,) = [s for s in scripts if f'"{DEPTHWISE_ATTR}": 1' in s]
+    parallel_at = depthwise.index("T.parallel(")  # one parallel loop: no padding pass of its own
+    assert depthwise.count("T.parallel(") == 1 and parallel_at < depthwise.index('T.sblock("pad_temp")') < depthwise.index('T.sblock("conv2d_blocked_update")')
+
+
+@pytest.mark.skipif(not aarch64.can_run(), reason="needs g++-aarch64-linux-gnu and qemu-user (Debian packages)")
+def test_blocked_model_on_arm64_under_qemu():
+    """NEON: 4 lanes, NCHW4c (24 channels: 4 as well)."""
+    module, inputs = example(2)
+    compiled = slimgraph.compile(module, inputs, target="arm64", check=True)
+    assert compiled.emulated and compiled.report.max_abs_diff <= 1e-4
