@@ -6,15 +6,22 @@ With the layout on, the Relax module goes through, before legalization:
     clip(x, lo, hi)  ->  minimum(maximum(x, lo), hi)                 (same values; TVM's layout
                                                                       conversion keeps min / max on
                                                                       blocked tensors, not clip)
-    ConvertLayout(conv2d: NCHW{b}c data, OIHW{b}o weights)           b = the target's fp32 lanes
+    ConvertLayout(conv2d: `conv_layouts`)                           each conv's own layouts
     FoldConstant                                                     (the weights' re-layout, once)
 
-TVM's ConvertLayout carries the blocked layout through the elementwise ops, adds and means after
-each conv and puts `layout_transform`s where a tensor goes from one layout to the other: at the
-model's input and output, and around a conv whose channels b does not divide (its convs stay
-NCHW). The blocked convs are legalized and scheduled by lowering.conv_blocked. The transforms are
-renamed `layout_transform{i}` (ConvertLayout names them like the importer's bindings, which the
-fused regions are keyed by) and stay out of the regions: each is its own kernel.
+`conv_layouts`: a conv with C_in -> C_out channels takes NCHW{bi}c data, OIHW{bo}o weights and gives
+NCHW{bo}c, where b of a tensor is the target's fp32 lanes, or the largest of 8 and 4 that divides its
+channels (MobileNetV2's 24-channel tensors: blocks of 8 with 16 lanes); a depthwise conv has bi = bo,
+a 3-channel image goes into the first conv as NCHW data; a conv no block fits stays NCHW. As every
+conv reads its input in the block its producer wrote, TVM's ConvertLayout carries the layout through
+the elementwise ops, adds and means between them and puts `layout_transform`s only where a tensor
+changes layout: at the model's output (and input, unless the first conv reads NCHW), and around a
+conv that stays NCHW. The blocked convs are legalized and scheduled by lowering.conv_blocked. The
+transforms are renamed `layout_transform{i}` (ConvertLayout names them like the importer's bindings,
+which the fused regions are keyed by) and join a region only from inside it (lowering.regions).
+
+MobileNetV2 on a 2-core Xeon (AVX-512), one process, alternated: 3.19 ms blocked, 4.02 ms NCHW,
+ONNX Runtime 3.24 ms.
 """
 from __future__ import annotations
 
@@ -57,8 +64,11 @@ def blocked_layout_passes(target, enabled: bool) -> list:
     if not enabled:
         return []
     lanes = vector_lanes(target)
-    return [clip_as_min_max(), relax.transform.ConvertLayout({}, lambda call: {"relax.nn.conv2d": conv_layouts(call, lanes)}
-                                                               if call.op.name == "relax.nn.conv2d" else {}),
+
+    def layouts(call):
+        return {"relax.nn.conv2d": conv_layouts(call, lanes)} if call.op.name == "relax.nn.conv2d" else {}
+
+    return [clip_as_min_max(), relax.transform.ConvertLayout({}, layouts),
             relax.transform.Normalize(), name_layout_transforms(), relax.transform.EliminateCommonSubexpr(),
             relax.transform.FoldConstant()]
 

@@ -80,7 +80,8 @@ def test_a_model_with_depthwise_convs_runs_blocked_and_matches_pytorch(target, s
     assert compiled.report.max_abs_diff <= 1e-4
     blocked = [name for name, f in compiled.lowered.functions_items() if "conv2d_blocked" in str(f)]
     assert len(blocked) == 6
-    assert not any("conv2d_packed" in str(f) or "grouped_conv2d" in str(f) for _, f in compiled.lowered.functions_items())
+    functions = [str(f) for _, f in compiled.lowered.functions_items()]
+    assert not any("conv2d_packed" in f or "grouped_conv2d" in f for f in functions)
     assert sum(kernel_calls(compiled.lowered).values()) <= 7 + 1
 
 
@@ -110,7 +111,8 @@ def test_blocked_schedule_vectorizes_the_lanes_and_pads_depthwise_rows_per_task(
         assert re.search(r"for \w+ in T\.vectorized\(T\.int64\((16|8)\)\)", script)
     (depthwise,) = [s for s in scripts if f'"{DEPTHWISE_ATTR}": 1' in s]
     parallel_at = depthwise.index("T.parallel(")  # one parallel loop: no padding pass of its own
-    assert depthwise.count("T.parallel(") == 1 and parallel_at < depthwise.index('T.sblock("pad_temp")') < depthwise.index('T.sblock("conv2d_blocked_update")')
+    assert depthwise.count("T.parallel(") == 1
+    assert parallel_at < depthwise.index('T.sblock("pad_temp")') < depthwise.index('T.sblock("conv2d_blocked_update")')
 
 
 @pytest.mark.skipif(not aarch64.can_run(), reason="needs g++-aarch64-linux-gnu and qemu-user (Debian packages)")
