@@ -115,6 +115,27 @@ def test_blocked_schedule_vectorizes_the_lanes_and_pads_depthwise_rows_per_task(
     assert parallel_at < depthwise.index('T.sblock("pad_temp")') < depthwise.index('T.sblock("conv2d_blocked_update")')
 
 
+@pytest.mark.parametrize("cin, cout, size, groups", [
+    (64, 64, 32, 64),     # depthwise
+    (32, 128, 27, 1),     # 1x1, 96 KB of data, 16 KB of weights
+    (256, 256, 7, 1),     # 1x1 at 7x7, 256 KB of weights, 50 KB of data
+])
+def test_the_parallel_loop_takes_rows_outside_channel_blocks(monkeypatch, cin, cout, size, groups):
+    """Each thread's share of the tasks is then a band of rows of all channels, which the conv before
+    (rows first as well) wrote on the same core. Read from the conv's update block: the row index is
+    the parallel loop // the channel blocks (with channels outside, the channel block would be)."""
+    from slimgraph.tests.test_cpu_schedules import conv_graph
+
+    monkeypatch.setenv("SLIMGRAPH_BLOCKED_LAYOUT", "1")
+    kernel = 3 if groups > 1 else 1
+    graph = conv_graph(1, cin, cout, size, kernel, 1, kernel // 2, groups)
+    compiled = slimgraph.compile(graph, target=AVX512_TARGET, check=True)
+    assert compiled.report.max_abs_diff <= 1e-4
+    (script,) = [f.script() for _, f in compiled.lowered.functions_items() if "conv2d_blocked" in str(f)]
+    block, row = re.search(r'sblock\("conv2d_blocked_update"\):\n\s+v0 = (.*)\n\s+v1 = (.*)\n', script).groups()
+    assert "//" in row and "//" not in block
+
+
 @pytest.mark.skipif(not aarch64.can_run(), reason="needs g++-aarch64-linux-gnu and qemu-user (Debian packages)")
 def test_blocked_model_on_arm64_under_qemu():
     """NEON: 4 lanes, NCHW4c (24 channels: 4 as well)."""
