@@ -68,6 +68,8 @@ def _compile(args) -> int:
     table.add_row("kernels", f"{len(report.kernels)} distinct ({len(report.kernels) - unscheduled - from_database} "
                              f"scheduled by rules, {from_database} from the tuning database), "
                              f"{report.kernel_launches} calls per inference")
+    if report.conv_layout:
+        table.add_row("conv layout", report.conv_layout)
     table.add_row("compile time", f"{sum(report.stage_seconds.values()):.1f} s")
     if report.max_abs_diff is not None:
         how = f" ({report.check_note})" if report.check_note else ""

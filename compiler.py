@@ -30,6 +30,7 @@ from slimgraph.codegen.channel_widths import measured_multiple
 from slimgraph.codegen.targets import TargetSpec, resolve_target
 from slimgraph.codegen.tuning import TuningOptions, TuningReport, tune_and_apply
 from slimgraph.lowering import kernel_launches, kernel_names, lower
+from slimgraph.lowering.blocked_layout import conv_layout
 from slimgraph.model_source import LoadedModel, load_model
 from slimgraph.rewrites import InstrumentOptions, PassManager, load_plugin, parse_pipeline, trace_rules
 from slimgraph.rewrites.manager import PassRecord
@@ -50,6 +51,7 @@ class CompileReport:
     check_note: str = ""  # why the numerical check did not run, or how it ran (emulated)
     tuning: TuningReport | None = None  # kernels from the tuning database, tuned this time
     device_binary: str = ""  # CUDA: what the library holds, e.g. "cubin for sm_90 (in the library's fatbin)"
+    conv_layout: str = ""  # the convs' tensor layout (lowering.blocked_layout), "" without convs
 
 
 @contextmanager
@@ -143,6 +145,7 @@ def compile(model: Any, example_inputs: Sequence[torch.Tensor] | None = None, *,
         mod, optimized, report.lowering_notes = lower(
             graph, target, before_rules=lambda fused: tune_and_apply(fused, target, tuning))
         report.tuning = tuning.report
+        report.conv_layout = conv_layout(mod, target)
         report.kernels, report.kernel_launches = kernel_names(optimized), kernel_launches(optimized)
     if options.dump_dir is not None:
         _dump(Path(options.dump_dir), mod, optimized)

@@ -40,6 +40,7 @@ def write_report_json(folder: Path, compiled, baseline_latency: dict | None = No
                   "kernel_launches": report.kernel_launches, "lowering_notes": report.lowering_notes,
                   "max_abs_diff": report.max_abs_diff, "reference": report.reference,
                   "check_note": report.check_note, "device_binary": report.device_binary,
+                  "conv_layout": report.conv_layout,
                   "library": str(library), "library_bytes": library.stat().st_size},
         "latency": report.latency, "baseline_latency": baseline_latency,
     }

@@ -141,6 +141,8 @@ def _library(info: dict) -> str:
             ("library", f"{build['library']} ({build['library_bytes'] / 1024:,.0f} KiB)")]
     if build.get("device_binary"):
         rows.append(("device binary", build["device_binary"]))
+    if build.get("conv_layout"):
+        rows.append(("conv layout", build["conv_layout"]))
     if build.get("max_abs_diff") is not None:
         rows.append((f"max |diff| vs {build['reference']}", f"{build['max_abs_diff']:.3g}"))
     elif build.get("check_note"):

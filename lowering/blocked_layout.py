@@ -43,6 +43,20 @@ def blocked_layout_wanted(mod, target) -> bool:
     return setting == "1" or has_depthwise_conv(mod)
 
 
+def conv_layout(mod, target) -> str:
+    """What the compile report says of `mod`'s convs on `target`: "" without convs, else their layout."""
+    from tvm import relax
+
+    convs = []
+    relax.analysis.post_order_visit(mod["main"], lambda e: convs.append(e) if isinstance(e, relax.Call) and getattr(
+        e.op, "name", "") == "relax.nn.conv2d" else None)
+    if not convs:
+        return ""
+    if blocked_layout_wanted(mod, target):
+        return f"NCHW{vector_lanes(target)}c channel blocks (SLIMGRAPH_BLOCKED_LAYOUT=0: NCHW)"
+    return "NCHW"
+
+
 def has_depthwise_conv(mod) -> bool:
     from tvm import relax
 

@@ -44,11 +44,10 @@ from __future__ import annotations
 
 import re
 
-from tvm import s_tir, tirx
+from tvm import tirx
 from tvm.s_tir import dlight as dl
-from tvm.s_tir.dlight.analysis import normalize_prim_func
 
-from .schedule_common import attach_epilogue, register_budget
+from .schedule_common import attach_epilogue, one_conv_with_epilogue, register_budget
 
 BLOCKED_CONV_BLOCK = "conv2d_blocked"
 DEPTHWISE_ATTR = "slimgraph.blocked_depthwise"  # block annotation: 1 for the depthwise form
@@ -161,19 +160,10 @@ class BlockedConv2dRule(dl.ScheduleRule):
     name = "conv2d-blocked"
 
     def apply(self, func, target, tunable):
-        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+        matched = one_conv_with_epilogue(func, target, BLOCKED_CONV_BLOCK)
+        if matched is None:
             return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        reductions = [info for info in infos or [] if info.is_reduction()]
-        if len(reductions) != 1 or not sch.get(reductions[0].block_rv).name_hint.startswith(BLOCKED_CONV_BLOCK):
-            return None
-        conv = reductions[0]
-        before, after = infos[:infos.index(conv)], infos[infos.index(conv) + 1:]
-        if not all(info.is_injective() for info in before + after):
-            return None
-        for info in after[:-1]:
-            sch.compute_inline(info.block_rv)
+        sch, conv, before, after = matched
         block = conv.block_rv
         stmt = sch.get(block)
         if DEPTHWISE_ATTR not in stmt.annotations:

@@ -76,14 +76,13 @@ from __future__ import annotations
 
 import math
 
-from tvm import s_tir, tirx
+from tvm import tirx
 from tvm.s_tir import dlight as dl
-from tvm.s_tir.dlight.analysis import normalize_prim_func
 
 from .conv_blocked import blocked_lanes, legalize_blocked_conv2d
 from .grouped_conv import legalize_grouped_conv2d
-from .schedule_common import (attach_epilogue, register_budget, schedule_sum_of_parts, split_reduction,
-                              splits_input_channels, thread_count, vector_lanes)
+from .schedule_common import (attach_epilogue, one_conv_with_epilogue, register_budget, schedule_sum_of_parts,
+                              split_reduction, splits_input_channels, thread_count, vector_lanes)
 
 PACKED_CONV_BLOCK = "conv2d_packed"
 LANES_ATTR = "slimgraph.lanes"  # block annotation: the channel block cb that the vector lanes cover
@@ -206,19 +205,10 @@ class PackedConv2dRule(dl.ScheduleRule):
     name = "conv2d-packed"
 
     def apply(self, func, target, tunable):
-        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+        matched = one_conv_with_epilogue(func, target, PACKED_CONV_BLOCK)
+        if matched is None:
             return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        reductions = [info for info in infos or [] if info.is_reduction()]
-        if len(reductions) != 1 or not sch.get(reductions[0].block_rv).name_hint.startswith(PACKED_CONV_BLOCK):
-            return None
-        conv = reductions[0]
-        before, after = infos[:infos.index(conv)], infos[infos.index(conv) + 1:]
-        if not all(info.is_injective() for info in before + after):
-            return None
-        for info in after[:-1]:  # the elementwise chain folds into its last block
-            sch.compute_inline(info.block_rv)
+        sch, conv, before, after = matched
         block = conv.block_rv
         stmt = sch.get(block)
         if LANES_ATTR not in stmt.annotations:

@@ -5,6 +5,29 @@ from __future__ import annotations
 from tvm import tirx
 
 
+def one_conv_with_epilogue(func, target, block_prefix: str):
+    """(schedule, the conv's block info, the injective blocks before it, those after it) for a CPU
+    kernel whose one reduction block is named `block_prefix`..., all other blocks injective, the
+    elementwise chain after it inlined into its last block; None for any other kernel."""
+    from tvm import s_tir
+    from tvm.s_tir.dlight.analysis import normalize_prim_func
+
+    if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+        return None
+    sch = s_tir.Schedule(func)
+    infos = normalize_prim_func(sch)
+    reductions = [info for info in infos or [] if info.is_reduction()]
+    if len(reductions) != 1 or not sch.get(reductions[0].block_rv).name_hint.startswith(block_prefix):
+        return None
+    conv = reductions[0]
+    before, after = infos[:infos.index(conv)], infos[infos.index(conv) + 1:]
+    if not all(info.is_injective() for info in before + after):
+        return None
+    for info in after[:-1]:  # the elementwise chain folds into its last block
+        sch.compute_inline(info.block_rv)
+    return sch, conv, before, after
+
+
 def is_scheduled(func) -> bool:
     return isinstance(func, tirx.PrimFunc) and "tirx.is_scheduled" in func.attrs and \
         int(func.attrs["tirx.is_scheduled"]) == 1

@@ -83,6 +83,7 @@ def test_a_model_with_depthwise_convs_runs_blocked_and_matches_pytorch(target, s
     functions = [str(f) for _, f in compiled.lowered.functions_items()]
     assert not any("conv2d_packed" in f or "grouped_conv2d" in f for f in functions)
     assert sum(kernel_calls(compiled.lowered).values()) <= 7 + 1
+    assert compiled.report.conv_layout.startswith(f"NCHW{16 if 'avx512f' in target else 8}c channel blocks")
 
 
 def test_the_layout_is_chosen_per_model_and_forced_by_the_environment(monkeypatch):
@@ -95,6 +96,8 @@ def test_the_layout_is_chosen_per_model_and_forced_by_the_environment(monkeypatc
     monkeypatch.delenv("SLIMGRAPH_BLOCKED_LAYOUT", raising=False)
     assert (blocked_layout_wanted(mod, cpu), blocked_layout_wanted(plain, cpu), blocked_layout_wanted(mod, gpu)) == \
         (True, False, False)
+    assert slimgraph.compile(nn.Conv2d(3, 16, 3), (torch.randn(1, 3, 8, 8),), check=False).report.conv_layout == "NCHW"
+    assert slimgraph.compile(nn.Linear(4, 4), (torch.randn(1, 4),), check=False).report.conv_layout == ""
     monkeypatch.setenv("SLIMGRAPH_BLOCKED_LAYOUT", "0")
     assert not blocked_layout_wanted(mod, cpu)
     monkeypatch.setenv("SLIMGRAPH_BLOCKED_LAYOUT", "1")
