@@ -47,7 +47,7 @@ import re
 from tvm import tirx
 from tvm.s_tir import dlight as dl
 
-from .schedule_common import attach_epilogue, one_conv_with_epilogue, register_budget
+from .schedule_common import attach_epilogue, choose_tile, one_conv_with_epilogue, register_budget
 
 BLOCKED_CONV_BLOCK = "conv2d_blocked"
 DEPTHWISE_ATTR = "slimgraph.blocked_depthwise"  # block annotation: 1 for the depthwise form
@@ -136,19 +136,6 @@ def legalize_blocked_conv2d(bb, call):
                       primfunc_name_hint="conv2d_blocked")
 
 
-def blocked_tile(out_blocks: int, width: int, budget: int, depthwise: bool) -> tuple[int, int]:
-    """(v channel blocks, t columns): v * t <= budget accumulators, most multiply-adds per load."""
-    best, best_score = (1, 1), 0.0
-    for v in (1,) if depthwise else (4, 3, 2, 1):
-        if out_blocks % v:
-            continue
-        t = max((c for c in range(1, min(width, budget // v) + 1) if width % c == 0), default=1)
-        score = t if depthwise else v * t / (v + t)
-        if score > best_score:
-            best, best_score = (v, t), score
-    return best
-
-
 def band_rows(height: int) -> int:
     """Output rows per task of a padded depthwise conv: the largest divisor of the height up to 8."""
     return max(d for d in range(1, min(height, 8) + 1) if height % d == 0)
@@ -176,7 +163,7 @@ class BlockedConv2dRule(dl.ScheduleRule):
         loops = sch.get_loops(block)
         *batch_loops, ob, oy, ox, ol = loops[:len(spatial)]
         reduction_loops = loops[len(spatial):]
-        v, t = blocked_tile(out_blocks, out_w, register_budget(target), depthwise)
+        v, t = choose_tile(1 if depthwise else out_blocks, out_w, register_budget(target))  # depthwise: v = 1
         obo, ov = sch.split(ob, [None, v])
         xo, xt = sch.split(ox, [None, t])
         band = depthwise and before  # a depthwise conv pads a band of rows per task (module docstring)

@@ -81,8 +81,9 @@ from tvm.s_tir import dlight as dl
 
 from .conv_blocked import blocked_lanes, legalize_blocked_conv2d
 from .grouped_conv import legalize_grouped_conv2d
-from .schedule_common import (attach_epilogue, one_conv_with_epilogue, register_budget, schedule_sum_of_parts,
-                              split_reduction, splits_input_channels, thread_count, vector_lanes)
+from .schedule_common import (attach_epilogue, choose_tile, one_conv_with_epilogue, register_budget,
+                              schedule_sum_of_parts, split_reduction, splits_input_channels, thread_count,
+                              vector_lanes)
 
 PACKED_CONV_BLOCK = "conv2d_packed"
 LANES_ATTR = "slimgraph.lanes"  # block annotation: the channel block cb that the vector lanes cover
@@ -184,19 +185,6 @@ def legalize_conv2d(bb, call):
     return bb.call_te(_conv2d_packed, data, packed, [int(s) for s in attrs.strides],
                       [int(p) for p in attrs.padding], [int(d) for d in attrs.dilation],
                       primfunc_name_hint="conv2d")
-
-
-def choose_tile(blocks: int, width: int, budget: int) -> tuple[int, int]:
-    """(v channel blocks, owt columns) with v * owt <= budget accumulators, most FMAs per load."""
-    best, best_score = (1, 1), 0.0
-    for v in (4, 3, 2, 1):
-        if blocks % v:
-            continue
-        owt = max((t for t in range(1, min(width, budget // v) + 1) if width % t == 0), default=1)
-        score = v * owt / (v + owt)
-        if score > best_score:
-            best, best_score = (v, owt), score
-    return best
 
 
 class PackedConv2dRule(dl.ScheduleRule):

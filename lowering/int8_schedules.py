@@ -23,9 +23,8 @@ from tvm import s_tir, tirx
 from tvm.s_tir import dlight as dl
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 
-from .conv_packed import choose_tile
 from .int8_kernels import BLOCK_ATTR, QCONV_BLOCK, QDENSE_BLOCK, target_dot, word_broadcast
-from .schedule_common import attach_epilogue, inline_side_inputs, register_budget, vector_lanes
+from .schedule_common import attach_epilogue, choose_tile, inline_side_inputs, register_budget, vector_lanes
 
 VNNI_INTRIN = "slimgraph_vnni_16x4_u8i8i32"
 SDOT_INTRIN = "slimgraph_sdot_16x4_i8i8i32"

@@ -141,6 +141,19 @@ def row_vector_width(width: int) -> int:
     return next((d for d in (16, 14, 8, 7, 4) if width % d == 0), 1)
 
 
+def choose_tile(blocks: int, width: int, budget: int) -> tuple[int, int]:
+    """(v channel blocks, owt columns) with v * owt <= budget accumulators, most FMAs per load."""
+    best, best_score = (1, 1), 0.0
+    for v in (4, 3, 2, 1):
+        if blocks % v:
+            continue
+        owt = max((t for t in range(1, min(width, budget // v) + 1) if width % t == 0), default=1)
+        score = v * owt / (v + owt)
+        if score > best_score:
+            best, best_score = (v, owt), score
+    return best
+
+
 def register_budget(target) -> int:
     """Vector registers the accumulators may take: 24 of the 32 of AVX-512 or NEON, else 12 of 16."""
     attrs = [str(a) for a in (target.attrs.get("mattr") or [])]

@@ -55,8 +55,8 @@ import numpy as np
 from tvm import s_tir, tirx
 from tvm.s_tir import dlight as dl
 
-from .conv_packed import LANES_ATTR, channel_block, choose_tile
-from .schedule_common import register_budget, row_vector_width
+from .conv_packed import LANES_ATTR, channel_block
+from .schedule_common import choose_tile, register_budget, row_vector_width
 
 GEMM_BLOCK = "winograd_bgemm"
 # (B^T, G, A^T) for F(m x m, 3 x 3), interpolation points 0, +-1 (m = 2) and 0, +-1, +-2 (m = 4)
