@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import os
 
+from slimgraph.ir.errors import SlimgraphError
+
 from .schedule_common import vector_lanes
 
 LAYOUT_TRANSFORM_PREFIX = "layout_transform"
@@ -38,6 +40,8 @@ def blocked_layout_wanted(mod, target) -> bool:
     (MobileNets), whose NCHW form needs a plane per channel split by column parity, and off
     otherwise: ResNet-18's 3x3 convs go through Winograd in NCHW (9.1 ms; 13.6 blocked)."""
     setting = os.environ.get("SLIMGRAPH_BLOCKED_LAYOUT", "auto")
+    if setting not in ("0", "1", "auto"):
+        raise SlimgraphError(f"SLIMGRAPH_BLOCKED_LAYOUT={setting!r}: expected 0, 1 or auto")
     if target.kind.name != "llvm" or setting == "0":
         return False
     return setting == "1" or has_depthwise_conv(mod)
@@ -45,12 +49,7 @@ def blocked_layout_wanted(mod, target) -> bool:
 
 def conv_layout(mod, target) -> str:
     """What the compile report says of `mod`'s convs on `target`: "" without convs, else their layout."""
-    from tvm import relax
-
-    convs = []
-    relax.analysis.post_order_visit(mod["main"], lambda e: convs.append(e) if isinstance(e, relax.Call) and getattr(
-        e.op, "name", "") == "relax.nn.conv2d" else None)
-    if not convs:
+    if not _conv_calls(mod):
         return ""
     if blocked_layout_wanted(mod, target):
         return f"NCHW{vector_lanes(target)}c channel blocks (SLIMGRAPH_BLOCKED_LAYOUT=0: NCHW)"
@@ -58,17 +57,18 @@ def conv_layout(mod, target) -> str:
 
 
 def has_depthwise_conv(mod) -> bool:
+    return any(int(call.attrs.groups) > 1 and int(call.attrs.groups) == int(call.args[0].ty.shape[1])
+               for call in _conv_calls(mod))
+
+
+def _conv_calls(mod) -> list:
+    """The relax.nn.conv2d calls of `mod`'s main."""
     from tvm import relax
 
-    found = []
-
-    def visit(expr):
-        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.nn.conv2d":
-            groups = int(expr.attrs.groups)
-            found.append(groups > 1 and groups == int(expr.args[0].ty.shape[1]))
-
-    relax.analysis.post_order_visit(mod["main"], visit)
-    return any(found)
+    calls = []
+    relax.analysis.post_order_visit(mod["main"], lambda e: calls.append(e) if isinstance(e, relax.Call)
+                                    and getattr(e.op, "name", "") == "relax.nn.conv2d" else None)
+    return calls
 
 
 def blocked_layout_passes(target, enabled: bool) -> list:
@@ -125,9 +125,7 @@ def clip_as_min_max():
             low, high = (relax.const(float(arg.value), dtype) for arg in value.args[1:3])
             # the maximum gets a name of its own: the regions are keyed by the importer's names
             at_least = self.builder_.emit(relax.op.maximum(data, low), f"{binding.var.name}_at_least")
-            clipped = relax.op.minimum(at_least, high)
-            emit = self.builder_.emit if isinstance(binding.var, relax.DataflowVar) else self.builder_.emit_output
-            self.set_var_remap(binding.var, emit(clipped, binding.var.name))
+            _rebind(self, binding.var, relax.op.minimum(at_least, high), binding.var.name)
 
     @tvm.transform.module_pass(opt_level=0, name="ClipAsMinMax")
     def run(mod, _context):
@@ -148,20 +146,22 @@ def name_layout_transforms():
         def visit_var_binding_(self, binding):
             if not is_layout_transform(binding.value):
                 return super().visit_var_binding_(binding)
-            value = self.visit_expr(binding.value)
             count[0] += 1
-            name = f"{LAYOUT_TRANSFORM_PREFIX}{count[0]}"
-            if isinstance(binding.var, relax.DataflowVar):
-                new_var = self.builder_.emit(value, name)
-            else:
-                new_var = self.builder_.emit_output(value, name)
-            self.set_var_remap(binding.var, new_var)
+            _rebind(self, binding.var, self.visit_expr(binding.value), f"{LAYOUT_TRANSFORM_PREFIX}{count[0]}")
 
     @tvm.transform.module_pass(opt_level=0, name="NameLayoutTransforms")
     def run(mod, _context):
         return _mutate_functions(mod, NameTransforms)
 
     return run
+
+
+def _rebind(mutator, var, value, name: str) -> None:
+    """Emit `value` as `name` in place of the binding of `var` (an output stays an output)."""
+    from tvm import relax
+
+    emit = mutator.builder_.emit if isinstance(var, relax.DataflowVar) else mutator.builder_.emit_output
+    mutator.set_var_remap(var, emit(value, name))
 
 
 def _mutate_functions(mod, mutator_class):

@@ -119,18 +119,20 @@ def blocked_conv2d(data, weight, strides, padding, dilation, depthwise: bool):
 
 def legalize_blocked_conv2d(bb, call):
     """relax.nn.conv2d with NCHW{bo}c output and OIHW{bo}o weights (dense from NCHW{bi}c or NCHW data,
-    or depthwise: groups = channels, bi = bo) as `blocked_conv2d`; None for other convs."""
+    or depthwise: groups = channels, bi = bo) as `blocked_conv2d`; any other blocked conv is an error
+    (lowering.blocked_layout makes none)."""
+    from slimgraph.ir.errors import SlimgraphError
+
     attrs = call.attrs
     data, weight = call.args
     out_lanes, in_lanes = blocked_lanes(attrs.out_layout), blocked_lanes(attrs.data_layout)
-    if out_lanes is None or blocked_lanes(attrs.kernel_layout) != out_lanes \
-            or (in_lanes is None and attrs.data_layout != "NCHW"):
-        return None
     groups = int(attrs.groups)
     depthwise = groups > 1 and in_lanes == out_lanes and groups == int(data.ty.shape[1]) * out_lanes \
         and int(weight.ty.shape[1]) == 1
-    if groups > 1 and not depthwise:
-        return None
+    if out_lanes is None or blocked_lanes(attrs.kernel_layout) != out_lanes \
+            or (in_lanes is None and attrs.data_layout != "NCHW") or (groups > 1 and not depthwise):
+        raise SlimgraphError(f"conv2d {attrs.data_layout} x {attrs.kernel_layout} -> {attrs.out_layout}, "
+                             f"groups {groups}: no blocked kernel (dense or depthwise only)")
     return bb.call_te(blocked_conv2d, data, weight, [int(s) for s in attrs.strides],
                       [int(p) for p in attrs.padding], [int(d) for d in attrs.dilation], depthwise,
                       primfunc_name_hint="conv2d_blocked")
@@ -166,7 +168,7 @@ class BlockedConv2dRule(dl.ScheduleRule):
         v, t = choose_tile(1 if depthwise else out_blocks, out_w, register_budget(target))  # depthwise: v = 1
         obo, ov = sch.split(ob, [None, v])
         xo, xt = sch.split(ox, [None, t])
-        band = depthwise and before  # a depthwise conv pads a band of rows per task (module docstring)
+        band = depthwise and bool(before)  # a depthwise conv pads a band of rows per task (module docstring)
         oyo, oyi = sch.split(oy, [None, band_rows(out_h)]) if band else (oy, None)
         # dense: (ib, ky, kx, il), one input pixel's b channels broadcast in turn (unit loops are gone)
         outer = [oyo, obo] if ROWS_FIRST else [obo, oyo]  # rows outside channel blocks (module docstring)
@@ -186,9 +188,9 @@ class BlockedConv2dRule(dl.ScheduleRule):
         for info in before:  # the padding: per task's band of rows, or its own parallel pass; a vector per pixel
             if band:
                 sch.compute_at(info.block_rv, task)
-            *outer, row, column, lane = sch.get_loops(info.block_rv)
+            *plane_loops, row, column, lane = sch.get_loops(info.block_rv)
             if not band:
-                sch.parallel(sch.fuse(*outer, row))
+                sch.parallel(sch.fuse(*plane_loops, row))
             sch.vectorize(lane)
         sch.decompose_reduction(block, reduction_loops[0])
         return sch

@@ -163,8 +163,7 @@ def legalize_conv2d(bb, call):
     data, weight = call.args
     target = tvm.target.Target.current(allow_none=True)
     if blocked_lanes(attrs.out_layout) is not None:  # lowering.blocked_layout converted it
-        blocked = legalize_blocked_conv2d(bb, call)
-        return blocked if blocked is not None else _nn_conv2d(bb, call)
+        return legalize_blocked_conv2d(bb, call)
     if (target is None or target.kind.name != "llvm"
             or attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW" or attrs.out_layout != "NCHW"
             or not isinstance(weight, tvm.ir.expr.GenericConst) or str(data.ty.dtype) != "float32"

@@ -3,6 +3,7 @@ it and in which block, the Relax module before and after the layout passes, the 
 blocked convs, and the outputs against PyTorch."""
 import re
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -10,6 +11,7 @@ from torch import nn
 import slimgraph
 from slimgraph.codegen import aarch64
 from slimgraph.codegen.targets import resolve_target
+from slimgraph.ir.errors import SlimgraphError
 from slimgraph.lowering.conv_blocked import DEPTHWISE_ATTR
 from slimgraph.lowering.blocked_layout import blocked_layout_passes, blocked_layout_wanted
 from slimgraph.lowering.pipeline import kernel_calls
@@ -102,6 +104,36 @@ def test_the_layout_is_chosen_per_model_and_forced_by_the_environment(monkeypatc
     assert not blocked_layout_wanted(mod, cpu)
     monkeypatch.setenv("SLIMGRAPH_BLOCKED_LAYOUT", "1")
     assert blocked_layout_wanted(plain, cpu)
+
+
+def test_a_bad_layout_setting_is_a_one_line_error(monkeypatch):
+    monkeypatch.setenv("SLIMGRAPH_BLOCKED_LAYOUT", "yes")
+    module, inputs = example()
+    with pytest.raises(SlimgraphError, match=r"^SLIMGRAPH_BLOCKED_LAYOUT='yes': expected 0, 1 or auto$"):
+        slimgraph.compile(module, inputs, check=False)
+
+
+def test_a_blocked_conv_without_a_blocked_kernel_is_an_error_not_left_unlegalized():
+    """A grouped conv (2 groups of 16 channels) in NCHW16c, which blocked_layout never makes: the
+    legalization names its layouts instead of leaving the op to fail later in the build (raised inside
+    TVM's LegalizeOps, the error reaches the caller through TVM's FFI as a RuntimeError with its message)."""
+    import tvm
+    from tvm import relax
+
+    from slimgraph.lowering.pipeline import cpu_legalize_map
+
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 2, 8, 8, 16), "float32"))
+    weight = relax.const(np.zeros((2, 16, 3, 3, 16), "float32"))
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            y = builder.emit_output(relax.op.nn.conv2d(x, weight, padding=1, groups=2, data_layout="NCHW16c",
+                                                       kernel_layout="OIHW16o"))
+        builder.emit_func_output(y)
+    target = resolve_target(AVX512_TARGET).tvm_target()
+    with target, pytest.raises((SlimgraphError, RuntimeError),
+                               match="conv2d NCHW16c x OIHW16o -> NCHW16c, groups 2: no blocked"):
+        relax.transform.LegalizeOps(customize_legalize_map=cpu_legalize_map(target))(builder.get())
 
 
 def test_blocked_schedule_vectorizes_the_lanes_and_pads_depthwise_rows_per_task():
