@@ -143,6 +143,19 @@ def band_rows(height: int) -> int:
     return max(d for d in range(1, min(height, 8) + 1) if height % d == 0)
 
 
+def output_loops(sch, block):
+    """The loops of the block's output dims (n, c // b, y, x, c % b), None for a dim of extent 1 (the
+    block then has no iteration variable for it: dlight's normalization drops them, e.g. the channel
+    blocks of a 16-channel output); None if a spatial variable indexes no output dim alone."""
+    stmt = sch.get(block)
+    spatial = [iv for iv in stmt.iter_vars if iv.iter_type == 0]
+    loops = sch.get_loops(block)[:len(spatial)]
+    dims = []
+    for index in stmt.writes[0].region:
+        dims.append(next((loop for iv, loop in zip(spatial, loops) if iv.var.same_as(index.min)), None))
+    return dims if sum(d is not None for d in dims) == len(spatial) else None
+
+
 class BlockedConv2dRule(dl.ScheduleRule):
     """Schedule for the `conv2d_blocked` kernels of `legalize_blocked_conv2d` (module docstring)."""
 
@@ -159,12 +172,12 @@ class BlockedConv2dRule(dl.ScheduleRule):
             return None
         depthwise = bool(int(stmt.annotations[DEPTHWISE_ATTR]))
         batch, out_blocks, out_h, out_w, lanes = (int(e) for e in stmt.writes[0].source.shape)
-        spatial = [iv for iv in stmt.iter_vars if iv.iter_type == 0]
-        if len(spatial) != 4 + (batch > 1):
+        dims = output_loops(sch, block)
+        if dims is None or dims[4] is None:
             return None
-        loops = sch.get_loops(block)
-        *batch_loops, ob, oy, ox, ol = loops[:len(spatial)]
-        reduction_loops = loops[len(spatial):]
+        reduction_loops = sch.get_loops(block)[sum(loop is not None for loop in dims):]
+        batch_loops = [dims[0]] if dims[0] is not None else []
+        ob, oy, ox, ol = (loop if loop is not None else sch.add_unit_loop(block) for loop in dims[1:])
         v, t = choose_tile(1 if depthwise else out_blocks, out_w, register_budget(target))  # depthwise: v = 1
         obo, ov = sch.split(ob, [None, v])
         xo, xt = sch.split(ox, [None, t])

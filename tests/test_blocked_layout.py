@@ -171,6 +171,24 @@ def test_the_parallel_loop_takes_rows_outside_channel_blocks(monkeypatch, cin, c
     assert "//" in row and "//" not in block
 
 
+@pytest.mark.parametrize("cin, cout, size", [
+    (32, 16, 27),   # one block of 16 output channels (MobileNetV2's 32 -> 16 projection), 28 columns
+    (64, 32, 1),    # one output row
+])
+def test_a_conv_with_an_output_dim_of_one_still_takes_the_blocked_schedule(monkeypatch, cin, cout, size):
+    """dlight's normalization drops a dim of extent 1 from the conv's block; the rule tiles the rest:
+    tasks of whole rows, a tile of pixels unrolled (the fallback took one pixel per task)."""
+    from slimgraph.tests.test_cpu_schedules import conv_graph
+
+    monkeypatch.setenv("SLIMGRAPH_BLOCKED_LAYOUT", "1")
+    compiled = slimgraph.compile(conv_graph(1, cin, cout, size, 1, 1, 0, 1), target=AVX512_TARGET, check=True)
+    assert compiled.report.max_abs_diff <= 1e-4
+    (script,) = [f.script() for _, f in compiled.lowered.functions_items() if "conv2d_blocked" in str(f)]
+    tasks = int(re.search(r"T\.parallel\(T\.int64\((\d+)\)", script).group(1))
+    tile = max(int(e) for e in re.findall(r"T\.unroll\((?:T\.int64\()?(\d+)", script))
+    assert tasks <= size * (cout // 16) and tile > 1
+
+
 @pytest.mark.skipif(not aarch64.can_run(), reason="needs g++-aarch64-linux-gnu and qemu-user (Debian packages)")
 def test_blocked_model_on_arm64_under_qemu():
     """NEON: 4 lanes, NCHW4c (24 channels: 4 as well)."""
