@@ -171,6 +171,29 @@ def test_the_parallel_loop_takes_rows_outside_channel_blocks(monkeypatch, cin, c
     assert "//" in row and "//" not in block
 
 
+def test_a_dense_conv_whose_rows_split_evenly_takes_a_band_of_rows_per_thread(monkeypatch):
+    """28 rows, 2 cores: tasks (band of 14 rows, channel-block group), the band's rows inside each task
+    (the weights of one group stay in L1 over them); with THREAD_ROW_BANDS off, a task per row."""
+    from slimgraph.lowering import conv_blocked
+    from slimgraph.tests.test_cpu_schedules import conv_graph
+
+    monkeypatch.setenv("SLIMGRAPH_BLOCKED_LAYOUT", "1")
+
+    def scheduled():
+        compiled = slimgraph.compile(conv_graph(1, 32, 128, 28, 1, 1, 0, 1), target=AVX512_TARGET, check=True)
+        assert compiled.report.max_abs_diff <= 1e-4
+        (script,) = [f.script() for _, f in compiled.lowered.functions_items() if "conv2d_blocked" in str(f)]
+        tasks = int(re.search(r"T\.parallel\(T\.int64\((\d+)\)", script).group(1))
+        row = re.search(r'sblock\("conv2d_blocked_update"\):\n\s+v0 = .*\n\s+v1 = (.*)\n', script).group(1)
+        return tasks, row
+
+    tasks, row = scheduled()
+    assert tasks == 2 * 2 and "T.int64(14) +" in row  # 8 blocks of 16 in groups of 4: 2 groups per band
+    monkeypatch.setattr(conv_blocked, "THREAD_ROW_BANDS", False)
+    tasks, row = scheduled()
+    assert tasks == 28 * 2
+
+
 @pytest.mark.parametrize("cin, cout, size", [
     (32, 16, 27),   # one block of 16 output channels (MobileNetV2's 32 -> 16 projection), 28 columns
     (64, 32, 1),    # one output row
