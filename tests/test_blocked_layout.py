@@ -194,6 +194,26 @@ def test_a_dense_conv_whose_rows_split_evenly_takes_a_band_of_rows_per_thread(mo
     assert tasks == 28 * 2
 
 
+def test_a_stem_pads_its_band_of_input_rows_in_its_own_task(monkeypatch):
+    """3 -> 32 (one group of channel blocks), 3x3 / 2 with padding: one parallel loop, the padding inside it
+    (without thread bands the padding is a parallel pass of its own)."""
+    from slimgraph.lowering import conv_blocked
+    from slimgraph.tests.test_cpu_schedules import conv_graph
+
+    monkeypatch.setenv("SLIMGRAPH_BLOCKED_LAYOUT", "1")
+
+    def scheduled():
+        compiled = slimgraph.compile(conv_graph(1, 3, 32, 28, 3, 2, 1, 1), target=AVX512_TARGET, check=True)
+        assert compiled.report.max_abs_diff <= 1e-4
+        (script,) = [f.script() for _, f in compiled.lowered.functions_items() if "conv2d_blocked" in str(f)]
+        return script
+
+    script = scheduled()
+    assert script.count("T.parallel(") == 1 and script.index("T.parallel(") < script.index('T.sblock("pad_temp")')
+    monkeypatch.setattr(conv_blocked, "THREAD_ROW_BANDS", False)
+    assert scheduled().count("T.parallel(") == 2
+
+
 @pytest.mark.parametrize("cin, cout, size", [
     (32, 16, 27),   # one block of 16 output channels (MobileNetV2's 32 -> 16 projection), 28 columns
     (64, 32, 1),    # one output row
