@@ -152,8 +152,7 @@ def test_blocked_schedule_vectorizes_the_lanes_and_pads_depthwise_rows_per_task(
 
 @pytest.mark.parametrize("cin, cout, size, groups", [
     (64, 64, 32, 64),     # depthwise
-    (32, 128, 27, 1),     # 1x1, 96 KB of data, 16 KB of weights
-    (256, 256, 7, 1),     # 1x1 at 7x7, 256 KB of weights, 50 KB of data
+    (32, 128, 27, 1),     # 1x1, 27 rows, 96 KB of data, 16 KB of weights
 ])
 def test_the_parallel_loop_takes_rows_outside_channel_blocks(monkeypatch, cin, cout, size, groups):
     """Each thread's share of the tasks is then a band of rows of all channels, which the conv before
@@ -192,6 +191,25 @@ def test_a_dense_conv_whose_rows_split_evenly_takes_a_band_of_rows_per_thread(mo
     monkeypatch.setattr(conv_blocked, "THREAD_ROW_BANDS", False)
     tasks, row = scheduled()
     assert tasks == 28 * 2
+
+
+def test_a_conv_with_uneven_rows_and_heavy_weights_splits_channel_blocks_among_the_threads(monkeypatch):
+    """1x1 at 7x7, 256 KB of weights, 50 KB of data: tasks = groups of channel blocks (each thread half the
+    weights), all 7 rows inside each; with CHANNELS_FOR_UNEVEN_ROWS off, a task per (row, group)."""
+    from slimgraph.lowering import conv_blocked
+    from slimgraph.tests.test_cpu_schedules import conv_graph
+
+    monkeypatch.setenv("SLIMGRAPH_BLOCKED_LAYOUT", "1")
+
+    def tasks():
+        compiled = slimgraph.compile(conv_graph(1, 256, 256, 7, 1, 1, 0, 1), target=AVX512_TARGET, check=True)
+        assert compiled.report.max_abs_diff <= 1e-4
+        (script,) = [f.script() for _, f in compiled.lowered.functions_items() if "conv2d_blocked" in str(f)]
+        return int(re.search(r"T\.parallel\(T\.int64\((\d+)\)", script).group(1))
+
+    assert tasks() == 4  # 16 blocks of 16 in groups of 4
+    monkeypatch.setattr(conv_blocked, "CHANNELS_FOR_UNEVEN_ROWS", False)
+    assert tasks() == 7 * 4
 
 
 def test_a_stem_pads_its_band_of_input_rows_in_its_own_task(monkeypatch):
