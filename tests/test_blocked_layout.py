@@ -117,7 +117,6 @@ def test_a_blocked_conv_without_a_blocked_kernel_is_an_error_not_left_unlegalize
     """A grouped conv (2 groups of 16 channels) in NCHW16c, which blocked_layout never makes: the
     legalization names its layouts instead of leaving the op to fail later in the build (raised inside
     TVM's LegalizeOps, the error reaches the caller through TVM's FFI as a RuntimeError with its message)."""
-    import tvm
     from tvm import relax
 
     from slimgraph.lowering.pipeline import cpu_legalize_map
