@@ -59,13 +59,13 @@ and its data may be NCHW (b = 1 in the sums above: a model's 3-channel image int
 """
 from __future__ import annotations
 
-import math
 import re
 
 from tvm import tirx
 from tvm.s_tir import dlight as dl
 
-from .schedule_common import attach_epilogue, choose_tile, one_conv_with_epilogue, register_budget, thread_count
+from .schedule_common import (attach_epilogue, choose_tile, one_conv_with_epilogue, read_bytes, register_budget,
+                              thread_count)
 
 BLOCKED_CONV_BLOCK = "conv2d_blocked"
 DEPTHWISE_ATTR = "slimgraph.blocked_depthwise"  # block annotation: 1 for the depthwise form
@@ -162,11 +162,6 @@ def legalize_blocked_conv2d(bb, call):
                       primfunc_name_hint="conv2d_blocked")
 
 
-def _bytes(stmt, read: int) -> int:
-    """Bytes of the block's read buffer `read` (0: data, 1: weights)."""
-    return math.prod(int(e) for e in stmt.reads[read].source.shape) * 4
-
-
 def band_rows(height: int) -> int:
     """Output rows per task of a padded depthwise conv: the largest divisor of the height up to 8."""
     return max(d for d in range(1, min(height, 8) + 1) if height % d == 0)
@@ -222,7 +217,7 @@ class BlockedConv2dRule(dl.ScheduleRule):
         outer = [oyo, obo] if ROWS_FIRST else [obo, oyo]  # rows outside channel blocks (module docstring)
         inside = [oyi] if oyi is not None else []
         if CHANNELS_FOR_UNEVEN_ROWS and not depthwise and oyi is None and out_h % threads \
-                and (out_blocks // v) % threads == 0 and _bytes(stmt, 1) > _bytes(stmt, 0):
+                and (out_blocks // v) % threads == 0 and read_bytes(stmt, 1) > read_bytes(stmt, 0):
             outer, inside = [obo], [oy]  # weights outweigh data: channel-block groups per thread, rows inside
         sch.reorder(*batch_loops, *outer, *inside, xo, *reduction_loops, ov, xt, ol)
         epilogue = attach_epilogue(sch, block, after[-1].block_rv if after else None, xo)

@@ -81,7 +81,7 @@ from tvm.s_tir import dlight as dl
 
 from .conv_blocked import blocked_lanes, legalize_blocked_conv2d
 from .grouped_conv import legalize_grouped_conv2d
-from .schedule_common import (attach_epilogue, choose_tile, one_conv_with_epilogue, register_budget,
+from .schedule_common import (attach_epilogue, choose_tile, one_conv_with_epilogue, read_bytes, register_budget,
                               schedule_sum_of_parts, split_reduction, splits_input_channels, thread_count,
                               vector_lanes)
 
@@ -229,7 +229,7 @@ class PackedConv2dRule(dl.ScheduleRule):
             reduction_loops = [chunk_loop, channel_in_chunk, *reduction_loops[1:]]
             sch.reorder(*batch_loops, coo, chunk_loop, oh, owo, *reduction_loops[1:], cv, owi, cl)
         else:
-            outer = [oh, coo] if not parts and strided and _weight_bytes(stmt) < _input_bytes(stmt) else [coo, oh]
+            outer = [oh, coo] if not parts and strided and read_bytes(stmt, 1) < read_bytes(stmt, 0) else [coo, oh]
             sch.reorder(*parts, *batch_loops, *outer, owo, *reduction_loops, cv, owi, cl)
         if parts:  # the tile goes to R (module docstring); the epilogue joins the sum of the parts
             epilogue = attach_epilogue(sch, block, None, owo)
@@ -263,14 +263,6 @@ class PackedConv2dRule(dl.ScheduleRule):
             sch.parallel(sch.fuse(*pad_loops[:-1]) if len(pad_loops) > 2 else pad_loops[0])
         sch.decompose_reduction(block, reduction_loops[0])
         return sch
-
-
-def _input_bytes(stmt) -> int:
-    return math.prod(int(e) for e in stmt.reads[0].source.shape) * 4
-
-
-def _weight_bytes(stmt) -> int:
-    return math.prod(int(e) for e in stmt.reads[1].source.shape) * 4
 
 
 def _weight_chunk(in_channels: int, kernel: list[int], out_block: int) -> int | None:

@@ -2,6 +2,8 @@
 whether a kernel is scheduled already (CPU and GPU rules alike)."""
 from __future__ import annotations
 
+import math
+
 from tvm import tirx
 
 
@@ -55,6 +57,12 @@ def splits_input_channels(in_channels: int, out_channels: int, threads: int) -> 
     """Does a 1x1 conv sum each thread's part of the input channels apart (`split_reduction`)? A
     projection (at least twice as many inputs as outputs) whose input channels the threads divide."""
     return SPLIT_REDUCTION and threads > 1 and in_channels >= 2 * out_channels and in_channels % threads == 0
+
+
+def read_bytes(stmt, index: int) -> int:
+    """Bytes of the buffer a block reads as its `index`-th read (a conv's 0: data, 1: weights)."""
+    buffer = stmt.reads[index].source
+    return math.prod(int(e) for e in buffer.shape) * buffer.dtype.bits // 8
 
 
 def split_reduction(sch, block, reduction, threads: int):
