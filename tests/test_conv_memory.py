@@ -29,7 +29,8 @@ def test_a_conv_with_large_task_weights_goes_through_them_in_chunks(batch, cin, 
     assert compiled.report.max_abs_diff <= 1e-3
     _, optimized, _ = lower(graph, resolve_target(AVX2_TARGET).tvm_target())
     (script,) = [f.script() for gv, f in optimized.functions_items() if "conv2d_packed" in f.script()]
-    update_loops = script[:script.index('sblock("conv2d_packed_update")')].rsplit("T.grid(", 1)[1]
+    init_to_update = script[script.index('sblock("conv2d_packed_init")'):script.index('sblock("conv2d_packed_update")')]
+    update_loops = init_to_update.split("T.grid(", 1)[1]  # (each row then prefetches part of the next chunk)
     out_rows = (size - 1) // stride + 1
     assert update_loops.startswith(f"T.int64({chunks}), T.int64({out_rows})") == (chunks is not None)
 
