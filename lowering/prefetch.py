@@ -27,7 +27,6 @@ def prefetch_next_step(sch, block, buffer, step_loop, spread_loop) -> bool:
     """Prefetch what `block`'s read of `buffer` covers in the next iteration of `step_loop`, spread
     over the iterations of `spread_loop` (inside `step_loop`; module docstring). Returns whether
     prefetches were inserted (not when the box has a non-constant extent)."""
-    import tvm
     from tvm import tirx
     from tvm.sym import Analyzer
     from tvm.sym.int_set import IntervalSet

@@ -107,7 +107,8 @@ def test_each_row_of_a_weight_chunk_prefetches_its_share_of_the_next_chunk(monke
 @pytest.mark.parametrize("size", [7, 8])  # uneven rows: groups per thread; even: a band of rows per thread
 def test_each_row_of_a_blocked_conv_prefetches_its_share_of_the_next_groups_weights(monkeypatch, size):
     """1x1, 64 -> 128 blocked (AVX-512: 16 lanes, groups of v blocks): a task's rows together prefetch
-    the next task's group of weights; the last task prefetches nothing; outputs as PyTorch's."""
+    the next task's group of weights; the last task prefetches nothing; outputs as PyTorch's; without the
+    flag, no prefetch."""
     monkeypatch.setenv("SLIMGRAPH_BLOCKED_LAYOUT", "1")
     compiled = slimgraph.compile(conv_graph(1, 64, 128, size, 1, 1, 0, 1), target=AVX512_TARGET, check=True)
     assert compiled.report.max_abs_diff <= 1e-4
@@ -124,3 +125,6 @@ def test_each_row_of_a_blocked_conv_prefetches_its_share_of_the_next_groups_weig
         expected = weight_lines(shape, [(following * group, following * group + group), (0, 64), (0, 1), (0, 1),
                                         (0, 16)])
         assert got == (expected if task + 1 < len(tasks) else set())
+    monkeypatch.setattr(conv_blocked, "PREFETCH_NEXT_GROUP", False)
+    compiled = slimgraph.compile(conv_graph(1, 64, 128, size, 1, 1, 0, 1), target=AVX512_TARGET, check=True)
+    assert prefetches(kernel(compiled, "conv2d_blocked").body) == []
