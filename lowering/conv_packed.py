@@ -104,10 +104,14 @@ PAD_PER_THREAD = True
 # ResNet-18, one process, chunks of 256 / 64 / 32 / 16 KB vs none: 10.22 / 10.10 / 10.01 / - vs 10.36
 # ms and - / - / 9.29 / 9.26 vs 9.56 (two runs); also chunking tasks from 128 KB on: 9.34. Later,
 # 8 vs 32 KB: 8.03 vs 8.11 and 7.99 vs 8.07 ms (layer4's 3x3 alone with flushed caches 0.64 vs 0.70).
+# With the prefetch below, chunking from 256 KiB on as well (layer4's stride-2 256 -> 512 conv, 295 KB a
+# task): 10.32 vs 10.09 and 10.21 vs 10.00 ms (20 and 30 rounds, alternated with ONNX Runtime); from
+# 128 KiB on (layer3's stride-2 conv too) no faster than from 256 (10.10 vs 9.99, and 10.40 vs 10.34 ms
+# against 512).
 CHUNKED_WEIGHTS = True
 # Each output row of a chunk prefetches its share of the next chunk's weights (lowering/prefetch.py).
 PREFETCH_NEXT_CHUNK = True
-CHUNKED_WEIGHT_BYTES = 1 << 19
+CHUNKED_WEIGHT_BYTES = 1 << 18
 WEIGHT_CHUNK_BYTES = 1 << 13
 
 
