@@ -48,9 +48,10 @@ and a group's weights stay in L1 over the rows; the depthwise conv after it (one
 channel blocks among the threads as well. Alone: MobileNetV2's 320 -> 1280 at 7x7 0.173 -> 0.142 ms
 warm, 0.267 -> 0.214 cold; 960 -> 320 0.190 -> 0.167 cold; 160 -> 960 0.096 -> 0.077 cold; the whole
 model level and 2 % faster in two alternated runs (20 rounds).
-With rows inside a task (a thread's band, or all 7 rows), each row prefetches its share of the next
-task's group of weights (lowering/prefetch.py): MobileNetV2 0.6 and 1.2 % faster in two alternated
-runs (20 rounds; the first with the 7x7 layers only).
+Prefetching the next task's group of weights row by row (as the packed conv's chunks do, lowering/prefetch.py)
+measured no faster: MobileNetV2 -0.6, -1.2 and +0.5 % in three alternated runs, and the 7x7 layers alone
+slower (320 -> 1280 0.190 -> 0.202 ms with flushed caches): a group's weights are v contiguous streams
+that the hardware prefetcher follows.
 
 A depthwise conv pads per task: y -> (yo, band of up to 8 rows), the task (n, yo, cb) pads the band's
 input rows into its own small buffer right before reading them, in cache (a separate padding pass
@@ -67,7 +68,6 @@ import re
 from tvm import tirx
 from tvm.s_tir import dlight as dl
 
-from .prefetch import prefetch_next_step
 from .schedule_common import (attach_epilogue, choose_tile, one_conv_with_epilogue, read_bytes, register_budget,
                               thread_count)
 
@@ -82,8 +82,6 @@ THREAD_ROW_BANDS = True
 # A dense conv whose rows do not split evenly (7x7) and whose weights outweigh its data: the channel-block
 # groups split among the threads, all rows inside each (module docstring); False: rows outside (A/B).
 CHANNELS_FOR_UNEVEN_ROWS = True
-# There, each row prefetches its share of the next group's weights (lowering/prefetch.py).
-PREFETCH_NEXT_GROUP = True
 
 
 def blocked_lanes(layout: str) -> int | None:
@@ -246,6 +244,4 @@ class BlockedConv2dRule(dl.ScheduleRule):
                 sch.parallel(sch.fuse(*plane_loops, row))
             sch.vectorize(lane)
         sch.decompose_reduction(block, reduction_loops[0])
-        if PREFETCH_NEXT_GROUP and inside and not depthwise:  # each row prefetches part of the next group's weights
-            prefetch_next_step(sch, block, stmt.reads[1].source, task, inside[0])
         return sch

@@ -1,15 +1,11 @@
 """Software prefetch of the next step's weights (lowering/prefetch.py) in the packed conv's weight
-chunks and the blocked conv's channel-block groups: which lines each prefetch names, evaluated for
-every iteration of the loops around it, and the outputs against PyTorch."""
+chunks: which lines each prefetch names, evaluated for every iteration of the loops around it, and the
+outputs against PyTorch."""
 import itertools
 
-import pytest
-
 import slimgraph
-from slimgraph.lowering import conv_blocked, conv_packed
+from slimgraph.lowering import conv_packed
 from slimgraph.tests.test_cpu_schedules import AVX2_TARGET, conv_graph
-
-AVX512_TARGET = '{"kind": "llvm", "mcpu": "skylake-avx512", "mattr": ["+avx512f", "+avx2", "+fma"], "num-cores": 2}'
 
 
 def prefetches(stmt, around=()):
@@ -102,29 +98,3 @@ def test_each_row_of_a_weight_chunk_prefetches_its_share_of_the_next_chunk(monke
     monkeypatch.setattr(conv_packed, "PREFETCH_NEXT_CHUNK", False)
     compiled = slimgraph.compile(conv_graph(1, 32, 8, 6, 3, 1, 1, 1), target=AVX2_TARGET, check=True)
     assert prefetches(kernel(compiled, "conv2d_packed").body) == []
-
-
-@pytest.mark.parametrize("size", [7, 8])  # uneven rows: groups per thread; even: a band of rows per thread
-def test_each_row_of_a_blocked_conv_prefetches_its_share_of_the_next_groups_weights(monkeypatch, size):
-    """1x1, 64 -> 128 blocked (AVX-512: 16 lanes, groups of v blocks): a task's rows together prefetch
-    the next task's group of weights; the last task prefetches nothing; outputs as PyTorch's; without the
-    flag, no prefetch."""
-    monkeypatch.setenv("SLIMGRAPH_BLOCKED_LAYOUT", "1")
-    compiled = slimgraph.compile(conv_graph(1, 64, 128, size, 1, 1, 0, 1), target=AVX512_TARGET, check=True)
-    assert compiled.report.max_abs_diff <= 1e-4
-    (found,) = prefetches(kernel(compiled, "conv2d_blocked").body)
-    around, call = found
-    shape = [int(e) for e in call.args[0].args[0].source.shape]
-    assert shape == [8, 64, 1, 1, 16]
-    lines = prefetched_lines(around, call)
-    tasks = sorted({values[0] for values in lines})
-    group = 8 // (len(tasks) // (2 if size % 2 == 0 else 1))  # blocks per group
-    for task in tasks:
-        got = set().union(*[s for values, s in lines.items() if values[0] == task])
-        following = (task + 1) % (8 // group)  # the next task's group (bands: the next band starts again)
-        expected = weight_lines(shape, [(following * group, following * group + group), (0, 64), (0, 1), (0, 1),
-                                        (0, 16)])
-        assert got == (expected if task + 1 < len(tasks) else set())
-    monkeypatch.setattr(conv_blocked, "PREFETCH_NEXT_GROUP", False)
-    compiled = slimgraph.compile(conv_graph(1, 64, 128, size, 1, 1, 0, 1), target=AVX512_TARGET, check=True)
-    assert prefetches(kernel(compiled, "conv2d_blocked").body) == []
