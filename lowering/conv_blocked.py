@@ -49,9 +49,9 @@ channel blocks among the threads as well. Alone: MobileNetV2's 320 -> 1280 at 7x
 warm, 0.267 -> 0.214 cold; 960 -> 320 0.190 -> 0.167 cold; 160 -> 960 0.096 -> 0.077 cold; the whole
 model level and 2 % faster in two alternated runs (20 rounds).
 Prefetching the next task's group of weights row by row (as the packed conv's chunks do, lowering/prefetch.py)
-measured no faster: MobileNetV2 -0.6, -1.2 and +0.5 % in three alternated runs, and the 7x7 layers alone
-slower (320 -> 1280 0.190 -> 0.202 ms with flushed caches): a group's weights are v contiguous streams
-that the hardware prefetcher follows.
+measured within the noise (MobileNetV2 0.6 and 1.2 % faster, then 0.5 % slower, in three alternated runs)
+and the 7x7 layers alone slower (320 -> 1280 0.190 -> 0.202 ms with flushed caches): a group's weights are
+v contiguous streams that the hardware prefetcher follows, so the rule does not use it.
 
 A depthwise conv pads per task: y -> (yo, band of up to 8 rows), the task (n, yo, cb) pads the band's
 input rows into its own small buffer right before reading them, in cache (a separate padding pass

@@ -2,8 +2,8 @@
 
 A kernel that streams its weights from memory in steps (a chunk of a conv's input channels, used
 for all of its output rows) stalls at the start of every step: its first row finds none of the
-step's cache lines in cache, and the hardware prefetcher, which follows one 4 KB page at a time,
-learns each stream again. `prefetch_next_step` puts, at the start of each iteration r of a loop
+step's cache lines in cache, and the hardware prefetcher (which stops at 4 KB page boundaries) does
+not run far enough ahead of it. `prefetch_next_step` puts, at the start of each iteration r of a loop
 inside the step (the rows), prefetches for an equal share of the lines the *next* step will read:
 
     box(s)     = the region of buffer B that one iteration s of the step loop reads
