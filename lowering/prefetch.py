@@ -51,12 +51,11 @@ def prefetch_next_step(sch, block, buffer, step_loop, spread_loop) -> bool:
             return False
         starts.append(bounds.min_value)
         extents.append(int(extent))
-    shape = [int(e) for e in buffer.shape]
     next_step = tirx.Var("next_step", str(step.extent.ty))
     shifted = Analyzer()
     shifted.bind(step.loop_var, next_step)
     starts = [shifted.simplify(start) for start in starts]
-    statement = _prefetch_lines(buffer, starts, extents, shape, spread)
+    statement = _prefetch_lines(buffer, starts, extents, spread)
     if statement is None:
         return False
     guarded = tirx.IfThenElse(step.loop_var + STEPS_AHEAD < step.min + step.extent,
@@ -67,10 +66,11 @@ def prefetch_next_step(sch, block, buffer, step_loop, spread_loop) -> bool:
     return True
 
 
-def _prefetch_lines(buffer, starts, extents, shape, spread):
+def _prefetch_lines(buffer, starts, extents, spread):
     """The loop of prefetches for this iteration of `spread`: its share of the box's lines."""
     from tvm import tirx
 
+    shape = [int(e) for e in buffer.shape]
     contiguous = len(shape) - 1  # the box's runs: dims [contiguous:] are whole but the first
     while contiguous > 0 and extents[contiguous] == shape[contiguous]:
         contiguous -= 1

@@ -32,6 +32,13 @@ def prefetches(stmt, around=()):
     return found
 
 
+def row_major_strides(shape) -> list[int]:
+    strides = [1]
+    for extent in reversed(shape[1:]):
+        strides.insert(0, strides[0] * extent)
+    return strides
+
+
 def prefetched_lines(around, call) -> dict[tuple, set[int]]:
     """{values of the loops around the prefetch but the innermost (the piece): the 64-byte lines (flat
     element index // 16 of an fp32 buffer) it prefetches over all pieces}."""
@@ -40,9 +47,7 @@ def prefetched_lines(around, call) -> dict[tuple, set[int]]:
 
     loops = [s for s in around if isinstance(s, tirx.For)]
     load = call.args[0].args[0]
-    strides = [1]
-    for extent in reversed([int(e) for e in load.source.shape[1:]]):
-        strides.insert(0, strides[0] * extent)
+    strides = row_major_strides([int(e) for e in load.source.shape])
     lines = {}
     for values in itertools.product(*[range(int(loop.extent)) for loop in loops]):
         analyzer = Analyzer()
@@ -63,9 +68,7 @@ def prefetched_lines(around, call) -> dict[tuple, set[int]]:
 
 def weight_lines(shape, box) -> set[int]:
     """The 64-byte lines of fp32 `box` (a (start, stop) per dim) of a buffer of `shape`."""
-    strides = [1]
-    for extent in reversed(shape[1:]):
-        strides.insert(0, strides[0] * extent)
+    strides = row_major_strides(shape)
     return {sum(i * s for i, s in zip(index, strides)) // 16
             for index in itertools.product(*[range(start, stop) for start, stop in box])}
 
