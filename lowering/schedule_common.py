@@ -107,6 +107,11 @@ def epilogue_at(sch, block, epilogue, loop, depth: int, width: int) -> None:
         sch.vectorize(sch.split(fused, [None, width])[1])
 
 
+# Tiles of 1 KB or more read from registers by their epilogue (`tile_in_registers`); False for A/B runs.
+TILES_IN_REGISTERS = True
+STACK_ALLOCA_LIMIT = 1024  # bytes: TVM's runtime::kMaxStackAlloca (a "global" buffer this large goes to the heap)
+
+
 def attach_epilogue(sch, block, epilogue, loop):
     """Compute the epilogue (or, when there is none or it does not read the output directly, a copy
     of the output) per tile at `loop`, so the tile of `block` stays in registers; returns it."""
@@ -114,6 +119,22 @@ def attach_epilogue(sch, block, epilogue, loop):
         epilogue = sch.cache_write(block, 0, "global")
     sch.reverse_compute_at(epilogue, loop)
     return epilogue
+
+
+def tile_in_registers(sch, epilogue, loop, tile_bytes: int) -> None:
+    """Unroll the `epilogue`'s loops over a tile of accumulators (those inside `loop`, the tile loop it
+    was attached at, but its innermost: the vector lanes) when TVM puts the tile on the heap: a buffer of 1 KB or more (TVM's
+    kMaxStackAlloca, 16 AVX-512 vectors) becomes a workspace, which LLVM zeroed with a memset before
+    every tile and reloaded vector by vector in the epilogue's loop. With every access at a constant
+    index, LLVM forwards the accumulators from registers to the epilogue instead; only the tile's
+    stores remain (dead, but the workspace escapes to TVMBackendFreeWorkspace). Smaller tiles are stack
+    arrays that LLVM already promotes; unrolling their epilogues measured slower."""
+    if not TILES_IN_REGISTERS or tile_bytes < STACK_ALLOCA_LIMIT:
+        return
+    loops = sch.get_loops(epilogue)
+    tile_at = next(i for i, candidate in enumerate(loops) if sch.get_sref(candidate).same_as(sch.get_sref(loop)))
+    for inner in loops[tile_at + 1:-1]:
+        sch.unroll(inner)
 
 
 def reads_directly(sch, consumer, producer) -> bool:

@@ -255,3 +255,30 @@ def test_blocked_model_on_arm64_under_qemu():
     module, inputs = example(2)
     compiled = slimgraph.compile(module, inputs, target="arm64", check=True)
     assert compiled.emulated and compiled.report.max_abs_diff <= 1e-4
+
+
+def test_a_tile_of_16_vectors_reaches_its_epilogue_in_registers(monkeypatch):
+    """1x1 32 -> 64 on 32 columns: a tile of 4 channel blocks x 4 pixels, 16 AVX-512 vectors (1 KB, which TVM
+    puts on the heap). The epilogue's loops over the tile are unrolled (it then takes the accumulators from
+    registers), and the LLVM IR no longer zeroes the tile with a memset; with TILES_IN_REGISTERS off it does."""
+    from slimgraph.codegen.build import generated_source
+    from slimgraph.codegen.targets import resolve_target
+    from slimgraph.lowering import schedule_common
+    from slimgraph.tests.test_cpu_schedules import conv_graph
+
+    monkeypatch.setenv("SLIMGRAPH_BLOCKED_LAYOUT", "1")
+
+    def compiled_conv():
+        compiled = slimgraph.compile(conv_graph(1, 32, 64, 31, 1, 1, 0, 1), target=AVX512_TARGET, check=True)
+        assert compiled.report.max_abs_diff <= 1e-4
+        (script,) = [f.script() for _, f in compiled.lowered.functions_items() if "conv2d_blocked" in str(f)]
+        epilogue_loops = re.search(r"((?:for [^\n]*\n\s*)+)with T\.sblock\(\"T_minimum\"\)", script).group(1)
+        llvm_ir = generated_source(compiled.executable, resolve_target(AVX512_TARGET), "ll")
+        return epilogue_loops, re.search(r"@llvm\.memset[^\n]* i64 1024,", llvm_ir)
+
+    epilogue_loops, tile_memset = compiled_conv()
+    assert epilogue_loops.count("T.unroll(T.int64(4))") == 2 and "T.vectorized(T.int64(16))" in epilogue_loops
+    assert not tile_memset
+    monkeypatch.setattr(schedule_common, "TILES_IN_REGISTERS", False)
+    epilogue_loops, tile_memset = compiled_conv()
+    assert "T.unroll(" not in epilogue_loops and tile_memset
