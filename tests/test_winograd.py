@@ -53,9 +53,10 @@ def conv_graph(batch, channels, out_channels, height, width, epilogue):
     (2, 32, 32, 28, 28, "residual", 4),   # batch 2; ResNet-18's layer2 size: 7 x 7 tiles of 4 per image
     (1, 48, 48, 16, 16, "relu6", 2),      # 4 x 4 tiles of 4 are too few (MIN_TILES): 8 x 8 tiles of 2
     (1, 128, 128, 14, 14, "none", 2),     # ResNet-18's layer3 size: 14 is no multiple of 4
+    (1, 256, 256, 14, 14, "residual", 2),  # ResNet-18's layer3 conv: V as [eps, nu, tile group, ci, tile] (AVX-512)
     (1, 32, 24, 28, 30, "relu6", 2),      # 24 output channels: blocks of 8 lanes; not square
     (1, 20, 20, 32, 40, "none", 4),       # 20 channels: blocks of 4; 40 wide: 10 tiles per row
-    (2, 128, 128, 7, 7, "residual", 2),   # batch 2 at ResNet-18's layer4 size: 2 x 4 x 4 tiles of 2 reach past the map
+    (2, 128, 128, 7, 7, "residual", 2),   # batch 2 at layer4's size: 2 x 4 x 4 tiles of 2 reach past the map; V by groups
     (2, 64, 64, 9, 13, "relu6", 2),       # batch 2, odd sides
 ])
 @pytest.mark.parametrize("target", ["x86", AVX2_TARGET], ids=["host", "avx2"])
@@ -68,6 +69,32 @@ def test_winograd_conv_matches_pytorch(batch, channels, out_channels, height, wi
     assert len(kernels) == 1 and is_scheduled(kernels[0])
     alpha = f"T.int64({m + 2})"  # alpha x alpha GEMMs: the tile size m the rule chose
     assert f"winograd_bgemm = T.sblock_alloc_buffer(({alpha}, {alpha}," in kernels[0].script()
+
+
+AVX512_TARGET = '{"kind": "llvm", "mcpu": "skylake-avx512", "mattr": ["+avx512f", "+avx2", "+fma"], "num-cores": 2}'
+
+
+@pytest.mark.parametrize("channels, size, v_shape", [
+    (256, 14, (4, 4, 7, 256, 7)),    # layer3: 2 x 7 tiles, 256 lines of V + 512 of U per group: V by groups of 7 tiles
+    (128, 28, (6, 6, 128, 1, 7, 7)),  # layer2 (m = 4): 128 x 3 lines fit L1: V stays [eps, nu, ci, n, ty, tx]
+])
+def test_the_transformed_data_is_laid_out_by_tile_group_where_a_group_outgrows_l1(monkeypatch, channels, size, v_shape):
+    """The GEMM's tile of 2 channel blocks x 7 tiles reads, per input channel, 7 tiles of V and 2 vectors
+    of U. Where those lines exceed L1 over the input channels, V is stored tile group first, so a group's
+    7 tiles of all channels are one contiguous run; with TILE_GROUPS_OUTSIDE_CHANNELS off it never is."""
+    from slimgraph.lowering import winograd
+
+    def v_buffer():
+        _, optimized, _ = lower(conv_graph(1, channels, channels, size, size, "none"),
+                                resolve_target(AVX512_TARGET).tvm_target())
+        (script,) = [f.script() for _, f in optimized.functions_items()
+                     if isinstance(f, tirx.PrimFunc) and GEMM_BLOCK in f.script()]
+        line = re.search(r"winograd_data = T\.sblock_alloc_buffer\(.*", script).group(0)
+        return tuple(int(e) for e in re.findall(r"T\.int64\((\d+)\)", line))
+
+    assert v_buffer() == v_shape
+    monkeypatch.setattr(winograd, "TILE_GROUPS_OUTSIDE_CHANNELS", False)
+    assert len(v_buffer()) == 6  # [eps, nu, ci, n, ty, tx]
 
 
 def Conv(channels=64, out_channels=64, size=56, kernel=3, stride=1, padding=1, dilation=1, groups=1):
