@@ -123,12 +123,12 @@ def attach_epilogue(sch, block, epilogue, loop):
 
 def tile_in_registers(sch, epilogue, loop, tile_bytes: int) -> None:
     """Unroll the `epilogue`'s loops over a tile of accumulators (those inside `loop`, the tile loop it
-    was attached at, but its innermost: the vector lanes) when TVM puts the tile on the heap: a buffer of 1 KB or more (TVM's
-    kMaxStackAlloca, 16 AVX-512 vectors) becomes a workspace, which LLVM zeroed with a memset before
-    every tile and reloaded vector by vector in the epilogue's loop. With every access at a constant
-    index, LLVM forwards the accumulators from registers to the epilogue instead; only the tile's
-    stores remain (dead, but the workspace escapes to TVMBackendFreeWorkspace). Smaller tiles are stack
-    arrays that LLVM already promotes; unrolling their epilogues measured slower."""
+    was attached at, but its innermost: the vector lanes) when TVM puts the tile on the heap: a buffer
+    of 1 KB or more (TVM's kMaxStackAlloca, 16 AVX-512 vectors) becomes a workspace, which LLVM zeroed
+    with a memset before every tile and reloaded vector by vector in the epilogue's loop. With every
+    access at a constant index, LLVM forwards the accumulators from registers to the epilogue instead;
+    only the tile's stores remain (dead, but the workspace escapes to TVMBackendFreeWorkspace). Smaller
+    tiles are stack arrays that LLVM already promotes; unrolling their epilogues measured slower."""
     if not TILES_IN_REGISTERS or tile_bytes < STACK_ALLOCA_LIMIT:
         return
     loops = sch.get_loops(epilogue)

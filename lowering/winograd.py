@@ -84,6 +84,7 @@ MIN_IN_CHANNELS = 16  # below, the GEMMs' reduction is too short to pay for the 
 MIN_MULTIPLY_ADDS = 1 << 22  # a direct conv's; at 2.4 M the two were level (module docstring)
 TILE_GROUPS_OUTSIDE_CHANNELS = True  # V's layout (module docstring); False for A/B runs
 L1_DATA_BYTES = 32 << 10  # the L1 data cache assumed (32 KB or more on current x86 and ARM cores)
+CACHE_LINE = 64  # bytes
 MIN_TILES = 32  # tiles per call that reuse each transformed weight, at least (module docstring)
 
 
@@ -225,7 +226,7 @@ def _schedule_in_stages(sch, cols, data, gemm, output, m, cb, budget):
     sch.parallel(sch.fuse(eps, nu, outer))
     d_eps, d_nu, d_ci, d_n, d_ty, d_tx = sch.get_loops(data)
     # a group of tiles reads, per input channel, a line of V and v of U: past L1, V as [eps, nu, group, ci, tile]
-    if TILE_GROUPS_OUTSIDE_CHANNELS and tiles_w % owt == 0 and in_channels * (v + 1) * 64 > L1_DATA_BYTES:
+    if TILE_GROUPS_OUTSIDE_CHANNELS and tiles_w % owt == 0 and in_channels * (v + 1) * CACHE_LINE > L1_DATA_BYTES:
         groups_per_row = tiles_w // owt
         sch.transform_layout(data, ("write", 0), lambda e, u, c, b, y, x: (
             e, u, (b * tiles_h + y) * groups_per_row + x // owt, c, x % owt))
@@ -248,7 +249,8 @@ def _schedule_in_stages(sch, cols, data, gemm, output, m, cb, budget):
 
 
 def _tile_gemm(sch, gemm, eps, nu, co, tiles, ci, cb, budget):
-    """co -> (coo, cv, cl), tiles -> (to, ti): cv x ti accumulators of cb lanes over ci; returns (coo, v, ti's extent)."""
+    """co -> (coo, cv, cl), tiles -> (to, ti): cv x ti accumulators of cb lanes over ci; returns coo, v
+    and ti's extent."""
     v, owt = choose_tile(int(sch.get(co).extent) // cb, int(sch.get(tiles).extent), budget)
     coo, cv, cl = sch.split(co, [None, v, cb])
     to, ti = sch.split(tiles, [None, owt])

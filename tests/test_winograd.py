@@ -56,7 +56,7 @@ def conv_graph(batch, channels, out_channels, height, width, epilogue):
     (1, 256, 256, 14, 14, "residual", 2),  # ResNet-18's layer3 conv: V as [eps, nu, tile group, ci, tile] (AVX-512)
     (1, 32, 24, 28, 30, "relu6", 2),      # 24 output channels: blocks of 8 lanes; not square
     (1, 20, 20, 32, 40, "none", 4),       # 20 channels: blocks of 4; 40 wide: 10 tiles per row
-    (2, 128, 128, 7, 7, "residual", 2),   # batch 2 at layer4's size: 2 x 4 x 4 tiles of 2 reach past the map; V by groups
+    (2, 128, 128, 7, 7, "residual", 2),   # batch 2, layer4's size: 2 x 4 x 4 tiles of 2 past the map; V by groups
     (2, 64, 64, 9, 13, "relu6", 2),       # batch 2, odd sides
 ])
 @pytest.mark.parametrize("target", ["x86", AVX2_TARGET], ids=["host", "avx2"])
