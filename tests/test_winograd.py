@@ -71,9 +71,6 @@ def test_winograd_conv_matches_pytorch(batch, channels, out_channels, height, wi
     assert f"winograd_bgemm = T.sblock_alloc_buffer(({alpha}, {alpha}," in kernels[0].script()
 
 
-AVX512_TARGET = '{"kind": "llvm", "mcpu": "skylake-avx512", "mattr": ["+avx512f", "+avx2", "+fma"], "num-cores": 2}'
-
-
 @pytest.mark.parametrize("channels, size, v_shape", [
     (256, 14, (4, 4, 7, 256, 7)),    # layer3: 2 x 7 tiles, 256 lines of V + 512 of U per group: V by groups of 7 tiles
     (128, 28, (6, 6, 128, 1, 7, 7)),  # layer2 (m = 4): 128 x 3 lines fit L1: V stays [eps, nu, ci, n, ty, tx]
@@ -83,6 +80,7 @@ def test_the_transformed_data_is_laid_out_by_tile_group_where_a_group_outgrows_l
     of U. Where those lines exceed L1 over the input channels, V is stored tile group first, so a group's
     7 tiles of all channels are one contiguous run; with TILE_GROUPS_OUTSIDE_CHANNELS off it never is."""
     from slimgraph.lowering import winograd
+    from slimgraph.tests.test_blocked_layout import AVX512_TARGET
 
     def v_buffer():
         _, optimized, _ = lower(conv_graph(1, channels, channels, size, size, "none"),
