@@ -24,6 +24,7 @@ per tile while the tile is in registers:
                 rows split evenly among T threads: y -> (yo: T, yi), (n, yo, obo) parallel, then yi;
                 else, weights outweighing the data: (n, obo) parallel, then y
     depthwise:  x -> (xo, t),  order (n, y, cb, xo | ky, kx, t, cl);  (n, y, cb) parallel
+                rows uneven among the threads (7x7): (n, cb) parallel, then y
 
 v x t accumulators (dense; t for depthwise) sized from the register file; each dense step is
 `acc[v][t] += broadcast(P[.., il]) * Wb[.., v, ol]`, each depthwise step `acc[t] += P[.., t, cl] * Wb[.., cl]`.
@@ -44,8 +45,9 @@ stem (3 -> 32, one group of channel blocks per thread), which then pads its own 
 in its task instead of in a parallel pass of its own, 0.112 -> 0.095 warm, 0.134 -> 0.113 cold.
 Where the rows do not split evenly (7x7) and the weights outweigh the data, the channel-block groups
 split among the threads instead, all rows inside each task: each thread reads half the weights, once,
-and a group's weights stay in L1 over the rows; the depthwise conv after it (one band of 7 rows) splits
-channel blocks among the threads as well. Alone: MobileNetV2's 320 -> 1280 at 7x7 0.173 -> 0.142 ms
+and a group's weights stay in L1 over the rows; the depthwise conv after it splits channel blocks among
+the threads as well, reading what its own core wrote (MobileNetV2's 7x7 depthwise convs alone 4.2 -> 3.6
+and 3.9 -> 3.0 us, the model 1.0-1.4 % faster alternated; all depthwise convs by channels: 4.4 % slower). Alone: MobileNetV2's 320 -> 1280 at 7x7 0.173 -> 0.142 ms
 warm, 0.267 -> 0.214 cold; 960 -> 320 0.190 -> 0.167 cold; 160 -> 960 0.096 -> 0.077 cold; the whole
 model level and 2 % faster in two alternated runs (20 rounds).
 Prefetching the next task's group of weights row by row (as the packed conv's chunks do, lowering/prefetch.py)
@@ -58,11 +60,15 @@ LLVM hands the accumulators to it in registers (schedule_common.tile_in_register
 buffer for the tile was zeroed with a memset and reloaded around every tile): the 16 -> 96 expansion at
 112x112 alone 0.176 -> 0.152 ms warm, the stem 0.104 -> 0.090 cold; MobileNetV2 3.115 -> 3.007 ms
 (alternated with ONNX Runtime, 20 rounds). The packed NCHW conv does not use it (ResNet-18's stem slower).
-A depthwise conv pads per task: y -> (yo, band of up to 8 rows), the task (n, yo, cb) pads the band's
-input rows into its own small buffer right before reading them, in cache (a separate padding pass
-wrote and re-read the whole padded tensor: MobileNetV2's 96-channel stride-2 depthwise conv at
-112x112, alone, 0.27 -> 0.12 ms); a dense conv's padding is its own parallel pass, a vector per pixel
-(except a stem's, above).
+A depthwise conv reads its input in place, the padding inlined: each tap's load is guarded by the
+pixel's bounds (a branch per pixel, the lanes being channels) and gives zeros outside. A separate padding
+pass wrote and re-read the whole padded tensor (MobileNetV2's 96-channel stride-2 depthwise conv at 112x112
+alone 0.27 ms); padding a band of up to 8 rows per task into a buffer of its own (0.12-0.13 ms) still
+copied every input pixel once more through L2; in place 0.087 ms. The other depthwise convs alone: 144
+channels at 56x56 0.059 -> 0.032 ms, stride 2 0.032 -> 0.010, 32 channels at 112x112 0.048 -> 0.034,
+the 14x14 and 7x7 ones 20-55 % faster; MobileNetV2 alternated with ONNX Runtime 2.594 -> 2.462 ms. (Found
+by MetaSchedule: its best schedules for the stride-2 ones, inlined padding among them, beat the band's.)
+A dense conv's padding is its own parallel pass, a vector per pixel (except a stem's, above).
 The input and output blocks of a dense conv may differ (bi, bo: 16 -> 8 into a 24-channel tensor),
 and its data may be NCHW (b = 1 in the sums above: a model's 3-channel image into its first conv).
 """
@@ -171,11 +177,6 @@ def legalize_blocked_conv2d(bb, call):
                       primfunc_name_hint="conv2d_blocked")
 
 
-def band_rows(height: int) -> int:
-    """Output rows per task of a padded depthwise conv: the largest divisor of the height up to 8."""
-    return max(d for d in range(1, min(height, 8) + 1) if height % d == 0)
-
-
 def output_loops(sch, block):
     """The loops of the block's output dims (n, c // b, y, x, c % b), None for a dim of extent 1 (the
     block then has no iteration variable for it: dlight's normalization drops them, e.g. the channel
@@ -214,20 +215,25 @@ class BlockedConv2dRule(dl.ScheduleRule):
         v, t = choose_tile(1 if depthwise else out_blocks, out_w, register_budget(target))  # depthwise: v = 1
         obo, ov = sch.split(ob, [None, v])
         xo, xt = sch.split(ox, [None, t])
-        band = depthwise and bool(before)  # a depthwise conv pads a band of rows per task (module docstring)
-        oyo, oyi = sch.split(oy, [None, band_rows(out_h)]) if band else (oy, None)
+        if depthwise:  # reads its input in place, zero where the padding is (module docstring)
+            for info in reversed(before):
+                sch.compute_inline(info.block_rv)
+            before = []
+        oyo, oyi = oy, None
         threads = thread_count(target)
         if THREAD_ROW_BANDS and not depthwise and out_h >= 2 * threads and out_h % threads == 0:
             oyo, oyi = sch.split(oy, [threads, None])  # a band of rows per thread, channel blocks in it
         # a dense conv pads its thread's rows in its task where that task is the thread's only one (one group of
         # channel blocks: a stem) and the padding is the one block before it
-        pad_per_task = band or (oyi is not None and out_blocks == v and len(before) == 1)
+        pad_per_task = oyi is not None and out_blocks == v and len(before) == 1
         # dense: (ib, ky, kx, il), one input pixel's b channels broadcast in turn (unit loops are gone)
         outer = [oyo, obo] if ROWS_FIRST else [obo, oyo]  # rows outside channel blocks (module docstring)
         inside = [oyi] if oyi is not None else []
-        if CHANNELS_FOR_UNEVEN_ROWS and not depthwise and oyi is None and out_h % threads \
-                and (out_blocks // v) % threads == 0 and read_bytes(stmt, 1) > read_bytes(stmt, 0):
-            outer, inside = [obo], [oy]  # weights outweigh data: channel-block groups per thread, rows inside
+        # rows uneven among the threads (7x7): channel-block groups per thread, rows inside, for a dense conv whose
+        # weights outweigh its data and for a depthwise conv (which then reads what its own core's 1x1 wrote)
+        if CHANNELS_FOR_UNEVEN_ROWS and oyi is None and out_h % threads and (out_blocks // v) % threads == 0 \
+                and (depthwise or read_bytes(stmt, 1) > read_bytes(stmt, 0)):
+            outer, inside = [obo], [oy]
         sch.reorder(*batch_loops, *outer, *inside, xo, *reduction_loops, ov, xt, ol)
         epilogue = attach_epilogue(sch, block, after[-1].block_rv if after else None, xo)
         epilogue_lanes = sch.get_loops(epilogue)[-1]

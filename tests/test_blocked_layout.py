@@ -135,18 +135,18 @@ def test_a_blocked_conv_without_a_blocked_kernel_is_an_error_not_left_unlegalize
         relax.transform.LegalizeOps(customize_legalize_map=cpu_legalize_map(target))(builder.get())
 
 
-def test_blocked_schedule_vectorizes_the_lanes_and_pads_depthwise_rows_per_task():
-    """The blocked convs' loops: the lane loop vectorized; the depthwise conv pads inside its parallel
-    loop (a band of rows per task), the stem's padding is a parallel pass of its own."""
+def test_blocked_schedule_vectorizes_the_lanes_and_reads_depthwise_padding_in_place():
+    """The blocked convs' loops: the lane loop vectorized; the depthwise conv has no padded copy of its
+    input (each tap's load guarded by the pixel's bounds) and one parallel loop."""
     module, inputs = example(2)
     compiled = slimgraph.compile(module, inputs, target=AVX512_TARGET, check=False)
     scripts = [f.script() for _, f in compiled.lowered.functions_items() if "conv2d_blocked" in str(f)]
     for script in scripts:
         assert re.search(r"for \w+ in T\.vectorized\(T\.int64\((16|8)\)\)", script)
     (depthwise,) = [s for s in scripts if f'"{DEPTHWISE_ATTR}": 1' in s]
-    parallel_at = depthwise.index("T.parallel(")  # one parallel loop: no padding pass of its own
-    assert depthwise.count("T.parallel(") == 1
-    assert parallel_at < depthwise.index('T.sblock("pad_temp")') < depthwise.index('T.sblock("conv2d_blocked_update")')
+    assert depthwise.count("T.parallel(") == 1 and 'T.sblock("pad_temp")' not in depthwise
+    update = depthwise[depthwise.index('T.sblock("conv2d_blocked_update")'):]
+    assert "T.if_then_else(" in update
 
 
 @pytest.mark.parametrize("cin, cout, size, groups", [
@@ -167,6 +167,20 @@ def test_the_parallel_loop_takes_rows_outside_channel_blocks(monkeypatch, cin, c
     (script,) = [f.script() for _, f in compiled.lowered.functions_items() if "conv2d_blocked" in str(f)]
     block, row = re.search(r'sblock\("conv2d_blocked_update"\):\n\s+v0 = (.*)\n\s+v1 = (.*)\n', script).groups()
     assert "//" in row and "//" not in block
+
+
+def test_a_depthwise_conv_whose_rows_do_not_split_evenly_takes_channel_blocks_per_thread(monkeypatch):
+    """7 rows on 2 cores (MobileNetV2's 7x7 layers): the parallel loop runs over the 4 channel blocks and
+    each task computes all 7 rows, as the 1x1 conv before it does, so a thread reads what its own core wrote."""
+    from slimgraph.tests.test_cpu_schedules import conv_graph
+
+    monkeypatch.setenv("SLIMGRAPH_BLOCKED_LAYOUT", "1")
+    compiled = slimgraph.compile(conv_graph(1, 64, 64, 7, 3, 1, 1, 64), target=AVX512_TARGET, check=True)
+    assert compiled.report.max_abs_diff <= 1e-4
+    (script,) = [f.script() for _, f in compiled.lowered.functions_items() if "conv2d_blocked" in str(f)]
+    parallel = re.search(r"for (\w+) in T\.parallel\(T\.int64\(4\)\)", script).group(1)
+    block, row = re.search(r'sblock\("conv2d_blocked_update"\):\n\s+v0 = (.*)\n\s+v1 = (.*)\n', script).groups()
+    assert parallel in block and parallel not in row
 
 
 def test_a_dense_conv_whose_rows_split_evenly_takes_a_band_of_rows_per_thread(monkeypatch):
