@@ -48,8 +48,9 @@ split among the threads instead, all rows inside each task: each thread reads ha
 and a group's weights stay in L1 over the rows; the depthwise conv after it splits channel blocks among
 the threads as well, reading what its own core wrote (MobileNetV2's 7x7 depthwise convs alone 4.2 -> 3.6
 and 3.9 -> 3.0 us, the model 1.0-1.4 % faster alternated; all depthwise convs by channels: 4.4 % slower).
-Alone: MobileNetV2's 320 -> 1280 at 7x7 0.173 -> 0.142 ms warm, 0.267 -> 0.214 cold; 960 -> 320 0.190 -> 0.167 cold; 160 -> 960 0.096 -> 0.077 cold; the whole
-model level and 2 % faster in two alternated runs (20 rounds).
+The dense ones alone: MobileNetV2's 320 -> 1280 at 7x7 0.173 -> 0.142 ms warm, 0.267 -> 0.214 cold;
+960 -> 320 0.190 -> 0.167 cold; 160 -> 960 0.096 -> 0.077 cold; the whole model level and 2 % faster in
+two alternated runs (20 rounds).
 Prefetching the next task's group of weights row by row (as the packed conv's chunks do, lowering/prefetch.py)
 measured within the noise (MobileNetV2 0.6 and 1.2 % faster, then 0.5 % slower, in three alternated runs)
 and the 7x7 layers alone slower (320 -> 1280 0.190 -> 0.202 ms with flushed caches): a group's weights are
