@@ -183,6 +183,19 @@ def test_a_depthwise_conv_whose_rows_do_not_split_evenly_takes_channel_blocks_pe
     assert parallel in block and parallel not in row
 
 
+def test_a_depthwise_tile_leaves_registers_for_its_weights(monkeypatch):
+    """112 columns: a depthwise tile of 14 columns (DEPTHWISE_ACCUMULATORS), not the 16 of the dense convs' budget
+    of 24 accumulators, since the 9 taps' weight vectors stay in registers beside it."""
+    from slimgraph.tests.test_cpu_schedules import conv_graph
+
+    monkeypatch.setenv("SLIMGRAPH_BLOCKED_LAYOUT", "1")
+    compiled = slimgraph.compile(conv_graph(1, 16, 16, 111, 3, 1, 1, 16), target=AVX512_TARGET, check=True)
+    assert compiled.report.max_abs_diff <= 1e-4
+    (script,) = [f.script() for _, f in compiled.lowered.functions_items() if "conv2d_blocked" in str(f)]
+    update = script[:script.index('T.sblock("conv2d_blocked_update")')]
+    assert "T.unroll(T.int64(14))" in update[update.rindex("T.unroll(T.int64(3))"):]
+
+
 def test_a_dense_conv_whose_rows_split_evenly_takes_a_band_of_rows_per_thread(monkeypatch):
     """28 rows, 2 cores: tasks (band of 14 rows, channel-block group), the band's rows inside each task
     (the weights of one group stay in L1 over them); with THREAD_ROW_BANDS off, a task per row."""
