@@ -40,6 +40,7 @@ from .int8_depthwise import Int8DepthwiseRule
 from .int8_pixels import Int8PixelConv2dRule
 from .int8_schedules import Int8Conv2dRule, Int8DenseRule
 from .pointwise_depthwise import PointwiseDepthwiseRule
+from .pooling import SeparableMaxPoolRule
 from .row_reduction import RowReductionRule
 from .schedule_common import (column_tile, epilogue_at, is_scheduled, iter_kinds, largest_divisor,
                               register_budget, vector_lanes)
@@ -239,8 +240,8 @@ ELEMENTWISE_PARALLEL_MIN = 16384  # elements; below it a second thread costs mor
 # reduction rule last (the rows ours leaves).
 CPU_RULES: list[dl.ScheduleRule] = [Int8PixelConv2dRule(), Int8DepthwiseRule(), Int8Conv2dRule(), Int8DenseRule(),
                                     PointwiseDepthwiseRule(), WinogradConv2dRule(), PackedConv2dRule(),
-                                    BlockedConv2dRule(), DenseRule(), Conv2dRule(), ElementwiseRule(), dl.cpu.GEMV(),
-                                    RowReductionRule(), dl.cpu.Reduction()]
+                                    BlockedConv2dRule(), DenseRule(), SeparableMaxPoolRule(), Conv2dRule(),
+                                    ElementwiseRule(), dl.cpu.GEMV(), RowReductionRule(), dl.cpu.Reduction()]
 
 
 def schedule_cpu(mod, target) -> tuple[object, list[str]]:

@@ -106,10 +106,10 @@ def schedule_padding(sch, block, vector_width: int) -> bool:
         *_, parity, columns = sch.get_loops(block)
         sch.reorder(columns, parity)
     rows = sch.get_loops(block)[-depth]
-    row_parts = _partition(sch, rows, row_first, row_end)
+    row_parts = partition_loop(sch, rows, row_first, row_end)
     for interior_block in sch.get_child_blocks(row_parts[1 if row_first else 0]):
         columns = sch.get_loops(interior_block)[-2 if parity_split else -1]
-        column_parts = _partition(sch, columns, column_first, column_end)
+        column_parts = partition_loop(sch, columns, column_first, column_end)
         interior_columns = column_parts[1 if column_first else 0]
         if not parity_split and vector_width >= 4 and int(sch.get(interior_columns).extent) >= 4:
             sch.vectorize(interior_columns)  # a partitioned loop cannot be split; LLVM splits the vector
@@ -121,7 +121,7 @@ def plane_depth(sch, block) -> int:
     return len(sch.get(block).writes[0].source.shape) - 2
 
 
-def _partition(sch, loop, first: int, end: int) -> list:
+def partition_loop(sch, loop, first: int, end: int) -> list:
     """`loop` split into [0, first), [first, end), [end, extent) (the non-empty ones)."""
     extent = int(sch.get(loop).extent)
     factors = [f for f in (first, end - first, extent - end) if f > 0]

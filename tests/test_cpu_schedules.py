@@ -212,32 +212,41 @@ def test_elementwise_rule_keeps_vectors_inside_rows(shape):
     assert "vgatherdps" not in assembly and assembly.count("vpextrb") < 8
 
 
-def max_pool_graph(shape, kernel, stride, padding, ceil_mode=False):
+def max_pool_graph(shape, kernel, stride, padding, ceil_mode=False, dilation=1):
     builder = ir.GraphBuilder("pool")
     x = builder.input("x", shape, torch.float32)
     builder.output(builder.call(aten.max_pool2d.default, x, [kernel, kernel], [stride, stride], [padding, padding],
-                                [1, 1], ceil_mode))
+                                [dilation, dilation], ceil_mode))
     return builder.build()
 
 
-@pytest.mark.parametrize("shape, kernel, stride, padding, ceil_mode", [
-    ((1, 64, 112, 112), 3, 2, 1, False),  # ResNet-18's pool
-    ((2, 5, 9, 13), 2, 2, 0, False),      # batch 2, odd sizes, no padding
-    ((1, 8, 10, 11), 3, 1, 1, False),     # stride 1
-    ((1, 4, 9, 9), 3, 2, 0, True),        # ceil mode: TVM's own legalization
+@pytest.mark.parametrize("shape, kernel, stride, padding, ceil_mode, dilation", [
+    ((1, 64, 112, 112), 3, 2, 1, False, 1),  # ResNet-18's pool
+    ((2, 5, 9, 13), 2, 2, 0, False, 1),      # batch 2, odd sizes, no padding
+    ((1, 8, 10, 11), 3, 1, 1, False, 1),     # stride 1
+    ((1, 3, 7, 7), 7, 1, 3, False, 1),       # a window as large as the plane, padding on every side
+    ((1, 4, 12, 12), 3, 2, 1, False, 2),     # dilation: over the padded plane
+    ((1, 4, 9, 9), 3, 2, 0, True, 1),        # ceil mode: TVM's own legalization
 ])
-def test_max_pool_matches_pytorch_and_pads_a_vectorized_plane(shape, kernel, stride, padding, ceil_mode):
-    """Max pooling is a reduction over lowering/pooling.py's padded plane (padding with the lowest
-    value, a branch-free vectorized interior), scheduled by the direct conv rule; ceil mode keeps
-    TVM's legalization. All match PyTorch, also where every value is negative (the padding never wins)."""
-    graph = max_pool_graph(shape, kernel, stride, padding, ceil_mode)
+def test_max_pool_matches_pytorch_and_reads_whole_vectors(shape, kernel, stride, padding, ceil_mode, dilation):
+    """Max pooling with dilation 1 is separable (lowering/pooling.py): a vectorized row stage over clamped rows,
+    then the output columns, split where a window reaches past the plane; with dilation, a reduction over the padded
+    plane (padding with the lowest value, a branch-free vectorized interior) scheduled by the direct conv rule;
+    ceil mode keeps TVM's legalization. All match PyTorch, also where every value is negative (clamping or padding
+    never brings in a value from outside the window)."""
+    graph = max_pool_graph(shape, kernel, stride, padding, ceil_mode, dilation)
     compiled = slimgraph.compile(graph, target="x86", pipeline="none", check=False)
     x = -torch.rand(shape) - 1.0
     torch.testing.assert_close(torch.as_tensor(compiled(x.numpy())[0]), graph.run(x)[0], rtol=0, atol=0)
     _, optimized, _ = lower(graph, resolve_target("x86").tvm_target())
     (pool,) = [f for gv, f in optimized.functions_items() if isinstance(f, tirx.PrimFunc)]
     assert is_scheduled(pool)
-    assert ("_partition" in pool.script()) == (not ceil_mode and padding > 0)
+    script = pool.script()
+    assert ("pool_rows" in script) == (not ceil_mode and dilation == 1)
+    assert "pad_temp" in script or dilation == 1  # the padded plane
+    assert ("_partition" in script) == (not ceil_mode and padding > 0)
+    if "pool_rows" in script:  # the row stage in whole vectors
+        assert "T.vectorized(T.int64(16))" in script or shape[-1] % 16
 
 
 def test_a_classifier_gemv_keeps_several_weight_panels_in_registers():
