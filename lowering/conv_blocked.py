@@ -70,6 +70,8 @@ channels at 56x56 0.059 -> 0.032 ms, stride 2 0.032 -> 0.010, 32 channels at 112
 the 14x14 and 7x7 ones 20-55 % faster; MobileNetV2 alternated with ONNX Runtime 2.594 -> 2.462 ms. (Found
 by MetaSchedule: its best schedules for the stride-2 ones, inlined padding among them, beat the band's.)
 A dense conv's padding is its own parallel pass, a vector per pixel (except a stem's, above).
+A depthwise conv and the 1x1 conv that alone reads it are one kernel, scheduled by lowering.depthwise_projection
+with these tilings per band of rows.
 The input and output blocks of a dense conv may differ (bi, bo: 16 -> 8 into a 24-channel tensor),
 and its data may be NCHW (b = 1 in the sums above: a model's 3-channel image into its first conv).
 """

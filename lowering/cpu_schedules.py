@@ -35,6 +35,7 @@ from tvm.s_tir.dlight.base import try_inline_contiguous_spatial
 
 from .conv_blocked import BlockedConv2dRule
 from .conv_packed import PackedConv2dRule
+from .depthwise_projection import DepthwiseProjectionRule
 from .grouped_conv import INTERIOR_ATTR, plane_depth, schedule_padding
 from .int8_depthwise import Int8DepthwiseRule
 from .int8_pixels import Int8PixelConv2dRule
@@ -240,7 +241,7 @@ ELEMENTWISE_PARALLEL_MIN = 16384  # elements; below it a second thread costs mor
 # reduction rule last (the rows ours leaves).
 CPU_RULES: list[dl.ScheduleRule] = [Int8PixelConv2dRule(), Int8DepthwiseRule(), Int8Conv2dRule(), Int8DenseRule(),
                                     PointwiseDepthwiseRule(), WinogradConv2dRule(), PackedConv2dRule(),
-                                    BlockedConv2dRule(), DenseRule(), SeparableMaxPoolRule(), Conv2dRule(),
+                                    DepthwiseProjectionRule(), BlockedConv2dRule(), DenseRule(), SeparableMaxPoolRule(), Conv2dRule(),
                                     ElementwiseRule(), dl.cpu.GEMV(), RowReductionRule(), dl.cpu.Reduction()]
 
 

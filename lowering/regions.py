@@ -205,3 +205,40 @@ def _substituter(constant_params):
             return self.mapping.get(var.name, var)
 
     return Substitute
+
+
+def depthwise_with_projection(graph: Graph, region_of: dict[str, int]) -> dict[str, int]:
+    """`region_of` with each region anchored by a depthwise conv merged into the region of the 1x1 conv that
+    alone reads its output (MobileNet's depthwise conv and projection): in the blocked layout one kernel computes
+    both per band of rows (lowering.depthwise_projection), so the depthwise output never leaves the core's L2."""
+    members: dict[int, list] = {}
+    for node in graph.fx_graph.nodes:
+        if node.name in region_of:
+            members.setdefault(region_of[node.name], []).append(node)
+    merged = dict(region_of)
+    for region, nodes in members.items():
+        readers = list(nodes[-1].users)
+        if not _is_conv(nodes[0], depthwise=True) or len(readers) != 1:
+            continue
+        reader_region = region_of.get(readers[0].name)
+        if reader_region is None or reader_region == region or members[reader_region][0] is not readers[0] \
+                or not _is_conv(readers[0], depthwise=False):
+            continue
+        for node in nodes:
+            merged[node.name] = reader_region
+    return merged
+
+
+def _is_conv(node, depthwise: bool) -> bool:
+    """A float32 depthwise conv, or a 1x1 stride-1 conv without padding or groups."""
+    from slimgraph.ir.ops import conv2d_attrs
+
+    if node.target is not torch.ops.aten.conv2d.default:
+        return False
+    weight, value = node.args[1].meta.get("val"), node.meta.get("val")
+    if not isinstance(weight, torch.Tensor) or not isinstance(value, torch.Tensor) or value.dtype != torch.float32:
+        return False
+    stride, padding, dilation, groups = conv2d_attrs(node)
+    if depthwise:
+        return weight.shape[1] == 1 and groups == weight.shape[0] > 1
+    return tuple(weight.shape[2:]) == (1, 1) and stride == [1, 1] and padding == [0, 0] and groups == 1

@@ -15,6 +15,10 @@ import torch
 from slimgraph.ir import Graph
 from slimgraph.ir.errors import SlimgraphError
 
+# In the blocked layout a depthwise conv and the 1x1 conv that alone reads it are one kernel
+# (lowering.depthwise_projection); False: a kernel each (for A/B measurements).
+DEPTHWISE_PROJECTION = True
+
 aten = torch.ops.aten
 
 
@@ -52,7 +56,7 @@ def lower(graph: Graph, target, before_rules: Callable | None = None):
     from slimgraph.ir.text import REGION
 
     from .blocked_layout import blocked_layout_wanted
-    from .regions import import_with_origins, one_conv_per_region, outline_regions
+    from .regions import depthwise_with_projection, import_with_origins, one_conv_per_region, outline_regions
 
     from .int8_kernels import dot_product_data_for
 
@@ -72,6 +76,8 @@ def lower(graph: Graph, target, before_rules: Callable | None = None):
     blocked = blocked_layout_wanted(imported, target)
     if target.kind.name != "llvm" or blocked:  # only the CPU rules schedule a 1x1 and a depthwise conv as
         region_of = one_conv_per_region(graph, region_of)  # one kernel, and only on NCHW tensors
+    if blocked and DEPTHWISE_PROJECTION:  # blocked: a depthwise conv and its projection as one kernel
+        region_of = depthwise_with_projection(graph, region_of)
     var_region = {var: region_of[node] for var, node in origins.items() if node in region_of}
     outlined, notes = outline_regions(legalize_for_regions(imported, target, blocked), var_region)
     scheduled, unscheduled = _schedule(_hook(fuse_regions(outlined, target), before_rules), target)

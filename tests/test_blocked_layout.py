@@ -75,13 +75,14 @@ def test_convs_take_the_lanes_as_their_block_and_8_where_16_does_not_divide(targ
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("target", [AVX512_TARGET, AVX2_TARGET])
 def test_a_model_with_depthwise_convs_runs_blocked_and_matches_pytorch(target, stride):
-    """Every conv is a blocked kernel, one kernel per conv (no layout transform kernel but the output's),
-    outputs as PyTorch's."""
+    """Every conv is a blocked kernel, one kernel per conv but the depthwise conv and its projection, which
+    are one (no layout transform kernel but the output's), outputs as PyTorch's."""
     module, inputs = example(stride)
     compiled = slimgraph.compile(module, inputs, target=target, check=True)
     assert compiled.report.max_abs_diff <= 1e-4
-    blocked = [name for name, f in compiled.lowered.functions_items() if "conv2d_blocked" in str(f)]
-    assert len(blocked) == 6
+    blocked = [str(f) for name, f in compiled.lowered.functions_items() if "conv2d_blocked" in str(f)]
+    conv_blocks = sorted(f.count(f'"{DEPTHWISE_ATTR}"') // 2 for f in blocked)  # a conv's init and update blocks
+    assert len(blocked) == 5 and conv_blocks == [1, 1, 1, 1, 2]
     functions = [str(f) for _, f in compiled.lowered.functions_items()]
     assert not any("conv2d_packed" in f or "grouped_conv2d" in f for f in functions)
     assert sum(kernel_calls(compiled.lowered).values()) <= 7 + 1
@@ -309,3 +310,37 @@ def test_a_tile_of_16_vectors_reaches_its_epilogue_in_registers(monkeypatch):
     monkeypatch.setattr(schedule_common, "TILES_IN_REGISTERS", False)
     epilogue_loops, tile_memset = compiled_conv()
     assert "T.unroll(" not in epilogue_loops and tile_memset
+
+
+@pytest.mark.parametrize("size, stride, residual", [(7, 1, True), (14, 2, False), (28, 1, True)])
+def test_a_depthwise_conv_and_its_projection_are_one_kernel_computed_per_band_of_rows(monkeypatch, size, stride,
+                                                                                        residual):
+    """depthwise 3x3 -> clamp -> 1x1 (-> + residual): one kernel (lowering/depthwise_projection.py) in parallel over
+    one band of output rows per thread (7 rows: 4 and 3), each task computing the depthwise conv for its band's rows
+    of all channels before the projection reads them; outputs as PyTorch's. Apart (DEPTHWISE_PROJECTION off), two."""
+    from slimgraph.lowering import relax_import
+
+    class DepthwiseProjection(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.depthwise = nn.Conv2d(64, 64, 3, stride=stride, padding=1, groups=64)
+            self.project = nn.Conv2d(64, 32, 1)
+
+        def forward(self, x, shortcut):
+            y = self.project(torch.clamp(self.depthwise(x), 0, 6))
+            return y + shortcut if residual else y
+
+    torch.manual_seed(size)
+    out = -(-size // stride)
+    inputs = (torch.randn(1, 64, size, size), torch.randn(1, 32, out, out))
+    monkeypatch.setenv("SLIMGRAPH_BLOCKED_LAYOUT", "1")
+    compiled = slimgraph.compile(DepthwiseProjection().eval(), inputs, target=AVX512_TARGET, check=True)
+    assert compiled.report.max_abs_diff <= 1e-4 and not compiled.report.lowering_notes
+    (script,) = [f.script() for _, f in compiled.lowered.functions_items() if "conv2d_blocked" in str(f)]
+    assert script.count(f'"{DEPTHWISE_ATTR}"') == 4 and script.count("T.parallel(") == 1  # 2 convs: init, update
+    assert re.search(r"for \w+ in T\.parallel\(T\.int64\(2\)\)", script)  # a band of rows per thread
+    after_parallel = script[script.index("T.parallel("):]
+    assert after_parallel.index('T.sblock("conv2d_blocked_update")') < after_parallel.index("conv2d_blocked1_update")
+    monkeypatch.setattr(relax_import, "DEPTHWISE_PROJECTION", False)
+    apart = slimgraph.compile(DepthwiseProjection().eval(), inputs, target=AVX512_TARGET, check=True)
+    assert len([f for _, f in apart.lowered.functions_items() if "conv2d_blocked" in str(f)]) == 2
