@@ -241,8 +241,9 @@ ELEMENTWISE_PARALLEL_MIN = 16384  # elements; below it a second thread costs mor
 # reduction rule last (the rows ours leaves).
 CPU_RULES: list[dl.ScheduleRule] = [Int8PixelConv2dRule(), Int8DepthwiseRule(), Int8Conv2dRule(), Int8DenseRule(),
                                     PointwiseDepthwiseRule(), WinogradConv2dRule(), PackedConv2dRule(),
-                                    DepthwiseProjectionRule(), BlockedConv2dRule(), DenseRule(), SeparableMaxPoolRule(), Conv2dRule(),
-                                    ElementwiseRule(), dl.cpu.GEMV(), RowReductionRule(), dl.cpu.Reduction()]
+                                    DepthwiseProjectionRule(), BlockedConv2dRule(), DenseRule(),
+                                    SeparableMaxPoolRule(), Conv2dRule(), ElementwiseRule(), dl.cpu.GEMV(),
+                                    RowReductionRule(), dl.cpu.Reduction()]
 
 
 def schedule_cpu(mod, target) -> tuple[object, list[str]]:
