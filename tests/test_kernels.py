@@ -17,10 +17,11 @@ def launches(name: str, pipeline: str) -> int:
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_default_pipeline_makes_no_more_kernel_calls(name):
-    # measured: digit_cnn 5 -> 5, resnet18 23 -> 23, mobilenet_v2 54 -> 54, bert_encoder 80 -> 54; the
-    # CNNs' one saving (their flatten) is a view in both since reshapes are views (next test)
+    # measured: digit_cnn 5 -> 5, resnet18 23 -> 23, mobilenet_v2 54 -> 37, bert_encoder 80 -> 54; the
+    # CNNs' one saving (their flatten) is a view in both since reshapes are views (next test); MobileNetV2's
+    # depthwise convs share a kernel with their projections (lowering/depthwise_projection.py)
     assert launches(name, "default") <= launches(name, "none")
-    if name == "bert_encoder":
+    if name in ("bert_encoder", "mobilenet_v2"):
         assert launches(name, "default") < launches(name, "none")
 
 
