@@ -230,7 +230,8 @@ def depthwise_with_projection(graph: Graph, region_of: dict[str, int]) -> dict[s
 
 
 def _is_conv(node, depthwise: bool) -> bool:
-    """A float32 depthwise conv, or a 1x1 stride-1 conv without padding or groups."""
+    """A float32 depthwise conv, or a 1x1 stride-1 conv without padding or groups, whose output channels take a
+    block in the blocked layout (a multiple of 4)."""
     from slimgraph.ir.ops import conv2d_attrs
 
     if node.target is not torch.ops.aten.conv2d.default:
@@ -239,6 +240,8 @@ def _is_conv(node, depthwise: bool) -> bool:
     if not isinstance(weight, torch.Tensor) or not isinstance(value, torch.Tensor) or value.dtype != torch.float32:
         return False
     stride, padding, dilation, groups = conv2d_attrs(node)
+    if weight.shape[0] % 4:  # no channel block fits its output (blocked_layout.channel_block): it stays NCHW
+        return False
     if depthwise:
         return weight.shape[1] == 1 and groups == weight.shape[0] > 1
     return tuple(weight.shape[2:]) == (1, 1) and stride == [1, 1] and padding == [0, 0] and groups == 1
