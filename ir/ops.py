@@ -109,3 +109,25 @@ def _pair(value) -> list[int]:
     """An int or a 1- or 2-element list (aten broadcasts one value to both sides) as [h, w]."""
     values = [int(value)] if isinstance(value, int) else [int(e) for e in value]
     return values * 2 if len(values) == 1 else values
+
+
+def conv_weight_shape(node: fx.Node) -> tuple | None:
+    """(O, I/g, kh, kw) of a 2-D conv whose weight is a parameter, else None."""
+    if node.target is not aten.conv2d.default or len(node.args) < 2 or node.args[1].op != "get_attr":
+        return None
+    return tuple(node.args[1].meta["val"].shape)
+
+
+def is_pointwise_conv(node: fx.Node) -> bool:
+    """A 1x1 conv, stride 1, no padding, no groups."""
+    shape = conv_weight_shape(node)
+    if shape is None or shape[2:] != (1, 1):
+        return False
+    stride, padding, _, groups = conv2d_attrs(node)
+    return stride == [1, 1] and padding == [0, 0] and groups == 1
+
+
+def is_depthwise_conv(node: fx.Node) -> bool:
+    """A conv with one input channel per group and as many groups as channels."""
+    shape = conv_weight_shape(node)
+    return shape is not None and shape[1] == 1 and conv2d_attrs(node)[3] == shape[0] > 1

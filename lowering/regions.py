@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from slimgraph.ir import Graph
+from slimgraph.ir.ops import conv_weight_shape, is_depthwise_conv, is_pointwise_conv
 
 from .blocked_layout import LAYOUT_TRANSFORM_PREFIX
 
@@ -218,30 +219,19 @@ def depthwise_with_projection(graph: Graph, region_of: dict[str, int]) -> dict[s
     merged = dict(region_of)
     for region, nodes in members.items():
         readers = list(nodes[-1].users)
-        if not _is_conv(nodes[0], depthwise=True) or len(readers) != 1:
+        if not _blocked_float_conv(nodes[0], is_depthwise_conv) or len(readers) != 1:
             continue
         reader_region = region_of.get(readers[0].name)
         if reader_region is None or reader_region == region or members[reader_region][0] is not readers[0] \
-                or not _is_conv(readers[0], depthwise=False):
+                or not _blocked_float_conv(readers[0], is_pointwise_conv):
             continue
         for node in nodes:
             merged[node.name] = reader_region
     return merged
 
 
-def _is_conv(node, depthwise: bool) -> bool:
-    """A float32 depthwise conv, or a 1x1 stride-1 conv without padding or groups, whose output channels take a
-    block in the blocked layout (a multiple of 4)."""
-    from slimgraph.ir.ops import conv2d_attrs
-
-    if node.target is not torch.ops.aten.conv2d.default:
-        return False
-    weight, value = node.args[1].meta.get("val"), node.meta.get("val")
-    if not isinstance(weight, torch.Tensor) or not isinstance(value, torch.Tensor) or value.dtype != torch.float32:
-        return False
-    stride, padding, dilation, groups = conv2d_attrs(node)
-    if weight.shape[0] % 4:  # no channel block fits its output (blocked_layout.channel_block): it stays NCHW
-        return False
-    if depthwise:
-        return weight.shape[1] == 1 and groups == weight.shape[0] > 1
-    return tuple(weight.shape[2:]) == (1, 1) and stride == [1, 1] and padding == [0, 0] and groups == 1
+def _blocked_float_conv(node, shape_test) -> bool:
+    """A float32 conv passing `shape_test` (ir.ops) whose output channels take a block in the blocked layout (a
+    multiple of 4, blocked_layout.channel_block; else it stays NCHW and no fused kernel takes it)."""
+    value, shape = node.meta.get("val"), conv_weight_shape(node)
+    return shape_test(node) and shape[0] % 4 == 0 and isinstance(value, torch.Tensor) and value.dtype == torch.float32

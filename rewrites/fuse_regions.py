@@ -25,7 +25,7 @@ import operator
 import torch
 import torch.fx as fx
 
-from slimgraph.ir.ops import conv2d_attrs
+from slimgraph.ir.ops import is_depthwise_conv, is_pointwise_conv
 from slimgraph.ir.text import REGION
 
 aten = torch.ops.aten
@@ -61,28 +61,6 @@ def region_of(node: fx.Node) -> int | None:
 
 def _outside(node: fx.Node) -> bool:
     return node.target is operator.getitem or not isinstance(node.meta.get("val"), torch.Tensor)
-
-
-def _conv_weight_shape(node: fx.Node) -> tuple | None:
-    """(O, I/g, kh, kw) of a 2-D conv whose weight is a parameter, else None."""
-    if node.target is not aten.conv2d.default or len(node.args) < 2 or node.args[1].op != "get_attr":
-        return None
-    return tuple(node.args[1].meta["val"].shape)
-
-
-def is_pointwise_conv(node: fx.Node) -> bool:
-    """A 1x1 conv, stride 1, no padding, no groups."""
-    shape = _conv_weight_shape(node)
-    if shape is None or shape[2:] != (1, 1):
-        return False
-    stride, padding, _, groups = conv2d_attrs(node)
-    return stride == [1, 1] and padding == [0, 0] and groups == 1
-
-
-def is_depthwise_conv(node: fx.Node) -> bool:
-    """A conv with one input channel per group and as many groups as channels."""
-    shape = _conv_weight_shape(node)
-    return shape is not None and shape[1] == 1 and conv2d_attrs(node)[3] == shape[0] > 1
 
 
 def _expansion_joins(node: fx.Node, members: list[fx.Node]) -> bool:
