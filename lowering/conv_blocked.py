@@ -102,6 +102,11 @@ CHANNELS_FOR_UNEVEN_ROWS = True
 DEPTHWISE_ACCUMULATORS = 14
 
 
+def tile_budget(target, depthwise: bool) -> int:
+    """Accumulators a blocked conv's register tile may hold (DEPTHWISE_ACCUMULATORS at most for a depthwise one)."""
+    return min(register_budget(target), DEPTHWISE_ACCUMULATORS) if depthwise else register_budget(target)
+
+
 def blocked_lanes(layout: str) -> int | None:
     """b of an "NCHW{b}c" data or "OIHW{b}o" kernel layout; None for any other layout."""
     match = re.fullmatch(r"(?:NCHW(\d+)c|OIHW(\d+)o)", layout)
@@ -219,8 +224,7 @@ class BlockedConv2dRule(dl.ScheduleRule):
         reduction_loops = sch.get_loops(block)[sum(loop is not None for loop in dims):]
         batch_loops = [dims[0]] if dims[0] is not None else []
         ob, oy, ox, ol = (loop if loop is not None else sch.add_unit_loop(block) for loop in dims[1:])
-        budget = min(register_budget(target), DEPTHWISE_ACCUMULATORS) if depthwise else register_budget(target)
-        v, t = choose_tile(1 if depthwise else out_blocks, out_w, budget)  # depthwise: v = 1
+        v, t = choose_tile(1 if depthwise else out_blocks, out_w, tile_budget(target, depthwise))  # depthwise: v = 1
         obo, ov = sch.split(ob, [None, v])
         xo, xt = sch.split(ox, [None, t])
         if depthwise:  # reads its input in place, zero where the padding is (module docstring)

@@ -25,8 +25,8 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.s_tir import dlight as dl
 
-from .conv_blocked import BLOCKED_CONV_BLOCK, DEPTHWISE_ACCUMULATORS, DEPTHWISE_ATTR
-from .schedule_common import attach_epilogue, choose_tile, register_budget, thread_count, tile_in_registers
+from .conv_blocked import BLOCKED_CONV_BLOCK, DEPTHWISE_ATTR, tile_budget
+from .schedule_common import attach_epilogue, choose_tile, thread_count, tile_in_registers
 
 
 class DepthwiseProjectionRule(dl.ScheduleRule):
@@ -68,7 +68,7 @@ def _schedule_projection(sch, block, epilogue, target):
     """The dense tiling of the module docstring, in parallel over (n, band of rows); returns the task loop."""
     n, o, y, x, lanes, rb, ry, rx, rl = sch.get_loops(block)
     out_blocks, width = int(sch.get(o).extent), int(sch.get(x).extent)
-    v, t = choose_tile(out_blocks, width, register_budget(target))
+    v, t = choose_tile(out_blocks, width, tile_budget(target, depthwise=False))
     obo, ov = sch.split(o, [None, v])
     xo, xt = sch.split(x, [None, t])
     band, row = sch.split(y, [thread_count(target), None])
@@ -91,7 +91,7 @@ def _schedule_depthwise(sch, block, epilogue, task, target):
         sch.compute_at(epilogue, task)
     sch.compute_at(block, task)
     channel, row, x, lanes, ky, kx = sch.get_loops(block)[1:]
-    _, t = choose_tile(1, int(sch.get(x).extent), min(register_budget(target), DEPTHWISE_ACCUMULATORS))
+    _, t = choose_tile(1, int(sch.get(x).extent), tile_budget(target, depthwise=True))
     xo, xt = sch.split(x, [None, t])
     sch.reorder(channel, row, xo, ky, kx, xt, lanes)
     tile_epilogue = attach_epilogue(sch, block, epilogue, xo)
