@@ -30,6 +30,8 @@ plane padded in cache right before it is read) loads whole vectors.
 """
 from __future__ import annotations
 
+import functools
+
 from tvm import s_tir, tirx
 from tvm.s_tir import dlight as dl
 from tvm.s_tir.dlight.analysis import normalize_prim_func
@@ -52,10 +54,7 @@ def _lowest(dtype: str):
 
 
 def _maximum(values):
-    result = values[0]
-    for value in values[1:]:
-        result = tirx.max(result, value)
-    return result
+    return functools.reduce(tirx.max, values)
 
 
 def _clamp(index, extent: int):
