@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from tvm import tirx
 
 import slimgraph
 from slimgraph.codegen import aarch64
@@ -344,3 +345,23 @@ def test_a_depthwise_conv_and_its_projection_are_one_kernel_computed_per_band_of
     monkeypatch.setattr(relax_import, "DEPTHWISE_PROJECTION", False)
     apart = slimgraph.compile(DepthwiseProjection().eval(), inputs, target=AVX512_TARGET, check=True)
     assert len([f for _, f in apart.lowered.functions_items() if "conv2d_blocked" in str(f)]) == 2
+
+
+def test_a_depthwise_conv_whose_channels_take_no_block_stays_apart_from_its_projection(monkeypatch):
+    """6 channels: no block of 4 or more divides them, so the depthwise conv stays NCHW (its own kernel, the NCHW
+    rule) and is not merged with the 1x1 conv after it, which no fused rule would then take; outputs as PyTorch's."""
+    class SixChannels(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.depthwise = nn.Conv2d(6, 6, 3, padding=1, groups=6)
+            self.project = nn.Conv2d(6, 16, 1)
+
+        def forward(self, x):
+            return self.project(torch.clamp(self.depthwise(x), 0, 6))
+
+    torch.manual_seed(0)
+    monkeypatch.setenv("SLIMGRAPH_BLOCKED_LAYOUT", "1")
+    compiled = slimgraph.compile(SixChannels().eval(), (torch.randn(1, 6, 14, 14),), target=AVX512_TARGET, check=True)
+    assert compiled.report.max_abs_diff <= 1e-4 and not compiled.report.lowering_notes
+    scripts = [f.script() for _, f in compiled.lowered.functions_items() if isinstance(f, tirx.PrimFunc)]
+    assert len([s for s in scripts if "grouped_conv2d" in s and "conv2d_blocked" not in s]) == 1
